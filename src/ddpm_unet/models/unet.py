@@ -1,0 +1,469 @@
+"""The DDPM U-Net, block by block.
+
+This is the network the spec (`shared/spec/seed-unet-explained.txt`) walks through, with the fixes
+recorded in `DESIGN.md`:
+
+* `ch_mults[i]` multiplies `n_channels` (not the previous level's channels);
+* `AttentionBlock` applies its GroupNorm (pre-norm) and attends with
+  `F.scaled_dot_product_attention`;
+* `n_groups`, `dropout` and `n_heads` are parameters, validated at construction.
+
+Shapes are written `[batch, channels, height, width]` throughout. For the spec's default network
+(`n_channels=64, ch_mults=(1, 2, 4, 16)`) and a 32x32 image the channel counts per level are
+64 / 128 / 256 / 1024 and the resolutions 32 / 16 / 8 / 4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AttentionBackend = Literal["sdpa", "einsum"]
+
+
+def _check_groups(name: str, channels: int, n_groups: int) -> None:
+    """Raise a `ValueError` naming `name` when GroupNorm cannot split `channels` into groups."""
+    if n_groups < 1 or channels % n_groups != 0:
+        raise ValueError(
+            f"{name}={channels} is not divisible by n_groups={n_groups}: GroupNorm needs every "
+            f"group to hold the same number of channels. Choose n_groups dividing {channels} "
+            f"or a channel count that is a multiple of {n_groups}."
+        )
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding of the diffusion step `t`, followed by Linear, Swish, Linear.
+
+    The step is turned into `n_channels // 4` sinusoidal features (half sines, half cosines, with
+    geometrically spaced frequencies as in the Transformer's position encoding), then projected to
+    `n_channels` by a two-layer MLP. The U-Net uses `n_channels = 4 * unet.n_channels`.
+
+    * in: `t` of shape `[batch]` (integer or float steps)
+    * out: `[batch, n_channels]`
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__()
+        if n_channels % 8 != 0 or n_channels < 16:
+            raise ValueError(
+                f"TimeEmbedding n_channels={n_channels} must be a multiple of 8 and at least 16 "
+                "(it makes n_channels // 8 sine and as many cosine features)."
+            )
+        self.n_channels = n_channels
+        self.lin1 = nn.Linear(n_channels // 4, n_channels)
+        self.act = nn.SiLU()  # Swish
+        self.lin2 = nn.Linear(n_channels, n_channels)
+
+    def sinusoidal_features(self, t: torch.Tensor) -> torch.Tensor:
+        """`[batch]` -> `[batch, n_channels // 4]`: `sin(t * w_k)` then `cos(t * w_k)`."""
+        half_dim = self.n_channels // 8
+        log_step = math.log(10_000) / (half_dim - 1)
+        freqs = torch.exp(torch.arange(half_dim, device=t.device, dtype=torch.float32) * -log_step)
+        angles = t.float()[:, None] * freqs[None, :]
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = self.sinusoidal_features(t).to(self.lin1.weight.dtype)
+        return self.lin2(self.act(self.lin1(emb)))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm, Swish, the time embedding added in between.
+
+    `h = conv1(swish(norm1(x))) + linear(swish(t_emb))[:, :, None, None]`, then
+    `h = conv2(dropout(swish(norm2(h))))` and the output is `h + shortcut(x)`, where the shortcut
+    is a 1x1 convolution when the channel count changes and the identity otherwise.
+
+    * in: `x` `[batch, in_channels, height, width]`, `t` `[batch, time_channels]`
+    * out: `[batch, out_channels, height, width]`
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_channels: int,
+        n_groups: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        _check_groups("in_channels", in_channels, n_groups)
+        _check_groups("out_channels", out_channels, n_groups)
+        self.norm1 = nn.GroupNorm(n_groups, in_channels)
+        self.act1 = nn.SiLU()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(n_groups, out_channels)
+        self.act2 = nn.SiLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.shortcut: nn.Module = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+        self.time_emb = nn.Linear(time_channels, out_channels)
+        self.time_act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act1(self.norm1(x)))
+        # [batch, out_channels] -> [batch, out_channels, 1, 1]: one shift per channel, broadcast
+        # over every pixel.
+        h = h + self.time_emb(self.time_act(t))[:, :, None, None]
+        h = self.conv2(self.dropout(self.act2(self.norm2(h))))
+        return h + self.shortcut(x)
+
+
+def einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention exactly as the spec writes it, for reference and benchmarks.
+
+    `q, k, v`: `[batch, pixels, heads, d_k]` -> `[batch, pixels, heads, d_k]`. Materialises the
+    full `[batch, pixels, pixels, heads]` score tensor.
+    """
+    scale = q.shape[-1] ** -0.5
+    attn = torch.einsum("bihd,bjhd->bijh", q, k) * scale
+    attn = attn.softmax(dim=2)
+    return torch.einsum("bijh,bjhd->bihd", attn, v)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a residual connection.
+
+    Pixels are the tokens and channels the features: `x` is normalised (GroupNorm, applied here
+    unlike the seed), flattened to `[batch, height * width, channels]`, projected to
+    `3 * n_heads * d_k` (queries, keys and values, per head), attended, projected back to
+    `n_channels` and added to the input.
+
+    * in: `x` `[batch, n_channels, height, width]` (`t` is accepted and ignored, so every block
+      has one call signature)
+    * out: `[batch, n_channels, height, width]`
+
+    `d_k` defaults to `n_channels // n_heads`, which is the seed's `d_k = n_channels` for one head.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        n_heads: int = 1,
+        d_k: int | None = None,
+        n_groups: int = 32,
+        backend: AttentionBackend = "sdpa",
+    ) -> None:
+        super().__init__()
+        if n_heads < 1:
+            raise ValueError(f"n_heads={n_heads} must be at least 1.")
+        if d_k is None:
+            if n_channels % n_heads != 0:
+                raise ValueError(
+                    f"n_channels={n_channels} is not divisible by n_heads={n_heads}; choose "
+                    "n_heads dividing the channel count of every attention level, or give d_k."
+                )
+            d_k = n_channels // n_heads
+        if backend not in ("sdpa", "einsum"):
+            raise ValueError(f"backend={backend!r} must be 'sdpa' or 'einsum'.")
+        _check_groups("n_channels", n_channels, n_groups)
+        self.norm = nn.GroupNorm(n_groups, n_channels)
+        self.projection = nn.Linear(n_channels, n_heads * d_k * 3)
+        self.output = nn.Linear(n_heads * d_k, n_channels)
+        self.n_heads = n_heads
+        self.d_k = d_k
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        # [b, c, h, w] -> [b, h*w, c]: one token per pixel.
+        tokens = x.reshape(batch, channels, height * width).transpose(1, 2)
+        normed = self.norm(x).reshape(batch, channels, height * width).transpose(1, 2)
+        # [b, h*w, heads, 3 * d_k]: the seed's layout, q|k|v side by side within each head.
+        qkv = self.projection(normed).view(batch, -1, self.n_heads, 3 * self.d_k)
+        q, k, v = torch.chunk(qkv, 3, dim=-1)  # each [b, h*w, heads, d_k]
+        if self.backend == "sdpa":
+            # SDPA wants [b, heads, tokens, d_k]; its default scale is d_k ** -0.5, the seed's.
+            res = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            ).transpose(1, 2)
+        else:
+            res = einsum_attention(q, k, v)
+        res = self.output(res.reshape(batch, -1, self.n_heads * self.d_k))  # [b, h*w, c]
+        res = res + tokens
+        return res.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class DownBlock(nn.Module):
+    """One step of the U-Net's first half: a `ResidualBlock`, then attention if `has_attn`.
+
+    * in: `x` `[batch, in_channels, height, width]`, `t` `[batch, time_channels]`
+    * out: `[batch, out_channels, height, width]`
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_channels: int,
+        has_attn: bool,
+        n_groups: int = 32,
+        dropout: float = 0.1,
+        n_heads: int = 1,
+        attn_backend: AttentionBackend = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.res = ResidualBlock(in_channels, out_channels, time_channels, n_groups, dropout)
+        self.attn: nn.Module = (
+            AttentionBlock(out_channels, n_heads, n_groups=n_groups, backend=attn_backend)
+            if has_attn
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.res(x, t))
+
+
+class UpBlock(nn.Module):
+    """One step of the U-Net's second half: a `ResidualBlock` over `[x, skip]`, then attention.
+
+    The input is the concatenation (on channels) of the current feature map and the skip
+    connection from the first half, so the residual block takes `in_channels + out_channels`
+    channels; `out_channels` is also the skip's channel count.
+
+    * in: `x` `[batch, in_channels + out_channels, height, width]`, `t` `[batch, time_channels]`
+    * out: `[batch, out_channels, height, width]`
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_channels: int,
+        has_attn: bool,
+        n_groups: int = 32,
+        dropout: float = 0.1,
+        n_heads: int = 1,
+        attn_backend: AttentionBackend = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.res = ResidualBlock(
+            in_channels + out_channels, out_channels, time_channels, n_groups, dropout
+        )
+        self.attn: nn.Module = (
+            AttentionBlock(out_channels, n_heads, n_groups=n_groups, backend=attn_backend)
+            if has_attn
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.res(x, t))
+
+
+class MiddleBlock(nn.Module):
+    """The bottom of the U: `ResidualBlock`, `AttentionBlock`, `ResidualBlock`.
+
+    * in: `x` `[batch, n_channels, height, width]`, `t` `[batch, time_channels]`
+    * out: `[batch, n_channels, height, width]`
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        time_channels: int,
+        n_groups: int = 32,
+        dropout: float = 0.1,
+        n_heads: int = 1,
+        attn_backend: AttentionBackend = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.res1 = ResidualBlock(n_channels, n_channels, time_channels, n_groups, dropout)
+        self.attn = AttentionBlock(n_channels, n_heads, n_groups=n_groups, backend=attn_backend)
+        self.res2 = ResidualBlock(n_channels, n_channels, time_channels, n_groups, dropout)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.res2(self.attn(self.res1(x, t)), t)
+
+
+class Upsample(nn.Module):
+    """Double the resolution with a 4x4 stride-2 transposed convolution; channels unchanged.
+
+    * in: `[batch, n_channels, height, width]` (`t` ignored)
+    * out: `[batch, n_channels, 2 * height, 2 * width]`
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(n_channels, n_channels, kernel_size=4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a 3x3 stride-2 convolution; channels unchanged.
+
+    * in: `[batch, n_channels, height, width]` (`t` ignored)
+    * out: `[batch, n_channels, height / 2, width / 2]`
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(n_channels, n_channels, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    """The DDPM noise-prediction U-Net: `eps = unet(x_t, t)`.
+
+    * `image_channels`: channels of the image (3 for RGB, 1 for grayscale)
+    * `n_channels`: channels of the first feature map (the image is projected to it by a 3x3 conv)
+    * `ch_mults`: level `i` has `n_channels * ch_mults[i]` channels; there are `len(ch_mults)`
+      resolutions, each half the previous one
+    * `is_attn`: whether the blocks of level `i` have self-attention
+    * `n_blocks`: `DownBlock`s per level (the second half has `n_blocks + 1` `UpBlock`s per level,
+      the extra one consuming the skip taken before the level's blocks)
+    * `n_groups`: GroupNorm groups in every residual and attention block (the final norm uses 8)
+    * `dropout`: dropout rate inside residual blocks
+    * `n_heads`: attention heads
+    * `attn_backend`: `"sdpa"` (fused `F.scaled_dot_product_attention`, the default) or
+      `"einsum"` (the spec's two einsums; for reference and benchmarks)
+
+    * in: `x` `[batch, image_channels, height, width]` with `height` and `width` divisible by
+      `2 ** (len(ch_mults) - 1)`; `t` `[batch]`
+    * out: `[batch, image_channels, height, width]`
+    """
+
+    def __init__(
+        self,
+        image_channels: int = 3,
+        n_channels: int = 64,
+        ch_mults: Sequence[int] = (1, 2, 4, 16),
+        is_attn: Sequence[bool] = (False, False, True, True),
+        n_blocks: int = 2,
+        n_groups: int = 32,
+        dropout: float = 0.1,
+        n_heads: int = 1,
+        attn_backend: AttentionBackend = "sdpa",
+    ) -> None:
+        super().__init__()
+        ch_mults = tuple(int(m) for m in ch_mults)
+        is_attn = tuple(bool(a) for a in is_attn)
+        self._validate(image_channels, n_channels, ch_mults, is_attn, n_blocks, n_groups, dropout)
+        self.image_channels = image_channels
+        self.n_channels = n_channels
+        self.ch_mults = ch_mults
+        self.is_attn = is_attn
+        self.n_blocks = n_blocks
+        n_resolutions = len(ch_mults)
+        time_channels = n_channels * 4
+        block_kwargs = dict(
+            time_channels=time_channels,
+            n_groups=n_groups,
+            dropout=dropout,
+            n_heads=n_heads,
+            attn_backend=attn_backend,
+        )
+
+        self.image_proj = nn.Conv2d(image_channels, n_channels, kernel_size=3, padding=1)
+        self.time_emb = TimeEmbedding(time_channels)
+
+        # First half: channels grow level by level, resolution halves between levels.
+        down: list[nn.Module] = []
+        in_channels = n_channels
+        for i in range(n_resolutions):
+            out_channels = n_channels * ch_mults[i]
+            for _ in range(n_blocks):
+                down.append(
+                    DownBlock(in_channels, out_channels, has_attn=is_attn[i], **block_kwargs)
+                )
+                in_channels = out_channels
+            if i < n_resolutions - 1:
+                down.append(Downsample(in_channels))
+        self.down = nn.ModuleList(down)
+
+        self.middle = MiddleBlock(in_channels, **block_kwargs)
+
+        # Second half: mirror image; each UpBlock consumes one skip from the first half.
+        up: list[nn.Module] = []
+        for i in reversed(range(n_resolutions)):
+            out_channels = in_channels
+            for _ in range(n_blocks):
+                up.append(UpBlock(in_channels, out_channels, has_attn=is_attn[i], **block_kwargs))
+            # The last block of a level meets the skip taken before the level's first block:
+            # the previous level's channels (or the image projection's, at level 0).
+            out_channels = n_channels * ch_mults[i - 1] if i > 0 else n_channels
+            up.append(UpBlock(in_channels, out_channels, has_attn=is_attn[i], **block_kwargs))
+            in_channels = out_channels
+            if i > 0:
+                up.append(Upsample(in_channels))
+        self.up = nn.ModuleList(up)
+
+        self.norm = nn.GroupNorm(8, n_channels)
+        self.act = nn.SiLU()
+        self.final = nn.Conv2d(in_channels, image_channels, kernel_size=3, padding=1)
+
+    @staticmethod
+    def _validate(
+        image_channels: int,
+        n_channels: int,
+        ch_mults: tuple[int, ...],
+        is_attn: tuple[bool, ...],
+        n_blocks: int,
+        n_groups: int,
+        dropout: float,
+    ) -> None:
+        """Reject configurations that would fail (or silently misbehave) later."""
+        if image_channels < 1:
+            raise ValueError(f"image_channels={image_channels} must be at least 1.")
+        if len(ch_mults) == 0:
+            raise ValueError(
+                "ch_mults=() is empty: give one channel multiplier per resolution, e.g. (1, 2, 2)."
+            )
+        if any(m < 1 for m in ch_mults):
+            raise ValueError(f"ch_mults={ch_mults}: every multiplier must be a positive integer.")
+        if len(is_attn) != len(ch_mults):
+            raise ValueError(
+                f"is_attn has {len(is_attn)} entries but ch_mults has {len(ch_mults)}: give one "
+                f"attention flag per resolution (is_attn={is_attn}, ch_mults={ch_mults})."
+            )
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks={n_blocks} must be at least 1 (blocks per resolution).")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout} must be in [0, 1).")
+        _check_groups("n_channels", n_channels, n_groups)
+        for mult in ch_mults:
+            _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
+        if n_channels % 8 != 0:
+            raise ValueError(
+                f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 groups."
+            )
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Height and width must be multiples of this: `2 ** (len(ch_mults) - 1)`."""
+        return 2 ** (len(self.ch_mults) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        factor = self.downsampling_factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by {factor} = 2 ** (len(ch_mults) "
+                f"- 1) for ch_mults={self.ch_mults}: resize the images to a multiple of {factor} "
+                "or use fewer resolutions."
+            )
+        t = self.time_emb(t)  # [b] -> [b, 4 * n_channels]
+        x = self.image_proj(x)  # [b, image_channels, h, w] -> [b, n_channels, h, w]
+        skips = [x]
+        for module in self.down:
+            x = module(x, t)
+            skips.append(x)
+        x = self.middle(x, t)
+        for module in self.up:
+            if isinstance(module, Upsample):
+                x = module(x, t)
+            else:
+                x = module(torch.cat((x, skips.pop()), dim=1), t)
+        return self.final(self.act(self.norm(x)))
