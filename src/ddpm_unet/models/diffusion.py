@@ -141,7 +141,7 @@ class GaussianDiffusion(nn.Module):
 
     # ----------------------------------------------------------------- reverse-process maths
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Invert `q_sample` for `x_0` given the noise: `(x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar)`."""
+        """Invert `q_sample` for `x_0`: `(x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar)`."""
         return (x_t - _extract(self.sqrt_one_minus_alpha_bar, t, x_t.ndim) * eps) / _extract(
             self.sqrt_alpha_bar, t, x_t.ndim
         )

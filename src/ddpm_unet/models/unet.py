@@ -437,7 +437,8 @@ class UNet(nn.Module):
             _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
         if n_channels % 8 != 0:
             raise ValueError(
-                f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 groups."
+                f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 "
+                "groups."
             )
 
     @property
