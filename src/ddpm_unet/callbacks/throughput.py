@@ -1,0 +1,46 @@
+"""Training throughput in images per second, logged as `train/img_per_s`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+
+
+class ImagesPerSecond(L.Callback):
+    """Logs the images processed per second by all ranks together, averaged over each epoch.
+
+    Timed from the first batch's start to the last batch's end of the epoch, so data loading is
+    included (it is part of what a user waits for) and validation is not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._images = None, 0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._images += batch.shape[0] * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is None or self._images == 0:
+            return
+        elapsed = time.perf_counter() - self._start
+        pl_module.log("train/img_per_s", self._images / max(elapsed, 1e-9), rank_zero_only=True)

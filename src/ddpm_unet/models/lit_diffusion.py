@@ -1,0 +1,219 @@
+"""The LightningModule: owns the U-Net, the diffusion process, the EMA weights and the optimiser.
+
+The network (`models/unet.py`) and the diffusion maths (`models/diffusion.py`) know nothing of
+Lightning; this module wires them into a training loop:
+
+* `train/loss`: the simple epsilon-prediction MSE on random steps and noise;
+* `val/loss`: the same loss on steps and noise drawn from a generator seeded per validation batch,
+  so the number is comparable between epochs;
+* an exponential moving average of the weights (`torch.optim.swa_utils.AveragedModel`), updated
+  after every optimiser step, saved in checkpoints and used for sampling;
+* AdamW with a linear learning-rate warm-up; gradient clipping comes from the trainer config;
+* optional `torch.compile` of the training forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from ddpm_unet.models.diffusion import GaussianDiffusion, SamplerName
+from ddpm_unet.models.unet import UNet
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists, so hyperparameters and checkpoints hold data."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def ema_update_fn(decay: float, warmup: bool):
+    """An `AveragedModel` `multi_avg_fn`: `ema <- ema + (1 - d) * (param - ema)`.
+
+    With `warmup`, `d = min(decay, (1 + n) / (10 + n))` after `n` updates, so that early in
+    training the average is not dominated by the random initialisation (a decay of 0.9999 would
+    otherwise need ~10^4 steps to forget it).
+    """
+
+    def update(
+        ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor
+    ) -> None:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    return update
+
+
+class LitDiffusion(L.LightningModule):
+    """DDPM training of a `UNet` noise predictor.
+
+    * `net`: `UNet` keyword arguments (`image_channels`, `n_channels`, `ch_mults`, ...)
+    * `diffusion`: `GaussianDiffusion` keyword arguments (`num_timesteps`, `schedule`, ...)
+    * `image_size`: height and width of the training images (used for sampling)
+    * `optimizer`: AdamW keyword arguments (`lr`, `betas`, `weight_decay`, `eps`)
+    * `warmup_steps`: linear learning-rate warm-up from 0 over this many optimiser steps
+    * `ema_decay`, `ema_warmup`: EMA of the weights (see `ema_update_fn`)
+    * `compile`: wrap the training forward in `torch.compile`
+    * `val_seed`: seed of the fixed validation steps and noise
+    * `run_config`: the resolved run configuration (plain data), stored in checkpoints so that
+      `sample.py`/`eval.py` can rebuild the dataset and model from a checkpoint alone
+
+    Batches are image tensors `[batch, image_channels, image_size, image_size]` in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        diffusion: Mapping[str, Any] | None = None,
+        image_size: int = 32,
+        optimizer: Mapping[str, Any] | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        compile: bool = False,
+        val_seed: int = 1234,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        net, diffusion, optimizer = _plain(net), _plain(diffusion or {}), _plain(optimizer or {})
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1), e.g. 0.9999.")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0.")
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "diffusion": diffusion,
+                "image_size": image_size,
+                "optimizer": optimizer,
+                "warmup_steps": warmup_steps,
+                "ema_decay": ema_decay,
+                "ema_warmup": ema_warmup,
+                "compile": compile,
+                "val_seed": val_seed,
+            }
+        )
+        self.run_config = _plain(run_config)
+        self.net = UNet(**net)
+        self.diffusion = GaussianDiffusion(**diffusion)
+        factor = self.net.downsampling_factor
+        if image_size % factor:
+            raise ValueError(
+                f"image_size={image_size} is not divisible by {factor} = 2 ** (len(ch_mults) - 1) "
+                f"for ch_mults={list(self.net.ch_mults)}: set data.image_size to a multiple of "
+                f"{factor} or use fewer levels in model.net.ch_mults."
+            )
+        self.image_size = image_size
+        self.ema = AveragedModel(
+            self.net, multi_avg_fn=ema_update_fn(ema_decay, ema_warmup), use_buffers=True
+        )
+        # The average is not trained: without this DDP would wait for its gradients.
+        self.ema.requires_grad_(False)
+        self._compiled_net: Any = None  # set in configure_model when `compile`
+
+    # ----------------------------------------------------------------- set-up
+    def configure_model(self) -> None:
+        if self.hparams.compile and self._compiled_net is None:
+            # Kept out of the module tree (a plain attribute), so checkpoints hold `net.*` only.
+            self.__dict__["_compiled_net"] = torch.compile(self.net)
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the U-Net (the EMA copy not counted)."""
+        return sum(p.numel() for p in self.net.parameters())
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion.loss(
+            self.net if self._compiled_net is None else self._compiled_net, batch
+        )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update_parameters(self.net)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # Fixed draws per batch index (made on the CPU, so identical on every device and epoch).
+        gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
+        t = torch.randint(0, self.diffusion.num_timesteps, (batch.shape[0],), generator=gen)
+        noise = torch.randn(batch.shape, generator=gen)
+        loss = self.diffusion.loss(
+            self.net, batch, t.to(self.device), noise.to(self.device, batch.dtype)
+        )
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_kwargs = {
+            "lr": 2e-4,
+            "betas": (0.9, 0.999),
+            "weight_decay": 0.0,
+            **self.hparams.optimizer,
+        }
+        opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
+        optimizer = torch.optim.AdamW(self.net.parameters(), **opt_kwargs)
+        warmup = self.hparams.warmup_steps
+
+        def warmup_factor(step: int) -> float:
+            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is None and "run_config" in checkpoint:
+            self.run_config = checkpoint["run_config"]
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_images(
+        self,
+        num_samples: int,
+        sampler: SamplerName = "ddpm",
+        steps: int | None = None,
+        eta: float = 0.0,
+        seed: int | None = 0,
+        batch_size: int | None = None,
+        use_ema: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Generate `[num_samples, image_channels, image_size, image_size]` images in [-1, 1].
+
+        Uses the EMA weights unless `use_ema=False`; `seed` fixes the noise (same seed, same
+        images for the same `batch_size`); `batch_size` bounds memory (default: all at once).
+        """
+        model = self.ema.module if use_ema else self.net
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        batch_size = batch_size or num_samples
+        shape = (self.net.image_channels, self.image_size, self.image_size)
+        chunks = []
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            chunks.append(
+                self.diffusion.sample(
+                    model, (n, *shape), sampler, steps, eta, generator, progress=progress
+                )
+            )
+        return torch.cat(chunks)

@@ -1,0 +1,128 @@
+"""Training: compose the objects named by the config and fit (`python train.py` calls `main`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm_unet.utils.config_checks import check_train_config
+from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
+
+log = logging.getLogger(__name__)
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@rank_zero_only
+def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
+    """`<run>/status.json`: completed or failed, with metrics or the error; read by the report."""
+    path = Path(output_dir) / "status.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(status, indent=2, default=str))
+
+
+@rank_zero_only
+def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer) -> None:
+    """Send the whole resolved config and the parameter counts to every logger."""
+    if not trainer.loggers:
+        return
+    hparams = run_config_of(cfg)
+    hparams["model/params/total"] = sum(p.numel() for p in model.net.parameters())
+    hparams["model/params/trainable"] = sum(
+        p.numel() for p in model.net.parameters() if p.requires_grad
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+
+def run_config_of(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config as plain data, without Hydra's own settings."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def fit(cfg: DictConfig) -> dict[str, float]:
+    """Build data, model, callbacks, loggers and trainer from `cfg`; fit; return final metrics."""
+    check_train_config(cfg)  # wrong combinations fail here, before any data is read
+    if cfg.extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if cfg.get("seed") is not None:  # `is not None`: seed 0 is a seed
+        L.seed_everything(cfg.seed, workers=True)
+
+    model = instantiate(cfg.model, _convert_="object")
+    # Stored in checkpoints so sample.py/eval.py can rebuild data and model from one file.
+    model.run_config = run_config_of(cfg)
+    datamodule = instantiate(cfg.data, _convert_="object")
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    log_hyperparameters(cfg, model, trainer)
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or v}
+    metrics["global_step"] = trainer.global_step
+    metrics["params"] = model.num_parameters
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+        metrics["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
+    return metrics
+
+
+def _finish_wandb() -> None:
+    """End the W&B run, so the next job of a multirun starts its own (not one run for all)."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover - wandb is a dependency
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def run(cfg: DictConfig) -> float:
+    """Fit, record `status.json`, and return `cfg.optimized_metric` for Hydra sweepers.
+
+    In a multirun a failed job (bad config, out of memory, ...) is recorded as failed and
+    returns NaN so the sweep goes on; in a single run the error is raised.
+    """
+    output_dir = cfg.paths.output_dir
+    start = time.time()
+    try:
+        metrics = fit(cfg)
+    except Exception as err:
+        write_status(
+            output_dir,
+            {
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(),
+                "wall_s": time.time() - start,
+            },
+        )
+        if not _in_multirun():
+            raise
+        log.error("job failed (recorded in %s/status.json): %s", output_dir, err)
+        return math.nan
+    finally:
+        _finish_wandb()
+    write_status(
+        output_dir, {"status": "completed", "metrics": metrics, "wall_s": time.time() - start}
+    )
+    value = metrics.get(cfg.get("optimized_metric") or "", math.nan)
+    return float(value) if isinstance(value, int | float) else math.nan

@@ -1,0 +1,36 @@
+"""Build callbacks and loggers from their config groups (lightning-hydra-template style)."""
+
+from __future__ import annotations
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+
+def _instantiate_group(group: DictConfig | None, what: str) -> list:
+    if group is None:
+        return []
+    if not isinstance(group, DictConfig):
+        raise TypeError(f"the {what} config must be a mapping of name -> config, got {group!r}")
+    objects = []
+    for name, conf in group.items():
+        if conf is None:  # disabled from the command line, e.g. callbacks.sample_grid=null
+            continue
+        if not isinstance(conf, DictConfig) or "_target_" not in conf:
+            raise ValueError(
+                f"{what}.{name} has no _target_: each entry of configs/{what}/ must name the "
+                "class to build (or be null to disable it)."
+            )
+        objects.append(instantiate(conf, _convert_="object"))
+    return objects
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
+    """`cfg.callbacks` -> list of `Callback`s (null entries skipped)."""
+    return _instantiate_group(cfg, "callbacks")
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """`cfg.logger` -> list of Lightning `Logger`s (null entries skipped)."""
+    return _instantiate_group(cfg, "logger")

@@ -1,0 +1,149 @@
+"""Training end to end: fast dev run, overfitting, resuming, the train.py command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.train import fit, run
+from ddpm_unet.utils.config_checks import ConfigError
+from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
+
+
+def test_fast_dev_run(tmp_path: Path) -> None:
+    cfg = compose_train([*TINY_OVERRIDES, "debug=fdr"], tmp_path)
+    metrics = fit(cfg)
+    assert metrics["global_step"] == 1
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_overfitting_one_batch_lowers_the_loss(tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            "debug=overfit",
+            "trainer.max_epochs=40",
+            "trainer.detect_anomaly=false",
+            "model.optimizer.lr=3e-3",
+            "model.net.dropout=0.0",
+            "callbacks.sample_grid=null",
+            "callbacks.model_checkpoint=null",
+        ],
+        tmp_path,
+    )
+    fit(cfg)
+    rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("train/loss_step")
+    losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert len(losses) >= 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+
+
+def test_checkpoint_holds_ema_and_run_config_and_resume_continues(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    cfg = compose_train([*TINY_OVERRIDES, "debug=limit", "trainer.max_epochs=2"], first)
+    fit(cfg)
+    last = first / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6  # 2 epochs x 3 batches
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    assert int(ckpt["state_dict"]["ema.n_averaged"]) == 6
+    assert ckpt["run_config"]["data"]["dataset"] == "digits"
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    # EMA differs from the raw weights (it is an average, not a copy)
+    w = "net.image_proj.weight"
+    assert not torch.equal(
+        ckpt["state_dict"][w], ckpt["state_dict"]["ema.module.image_proj.weight"]
+    )
+    # samples were written by the grid callback
+    assert sorted(p.name for p in (first / "samples").glob("*.png"))
+
+    # Resume: the model restored from last.ckpt before training has the saved EMA and step.
+    restored = LitDiffusion.load_from_checkpoint(last, map_location="cpu")
+    ema_saved = ckpt["state_dict"]["ema.module.image_proj.weight"]
+    assert torch.equal(restored.ema.module.image_proj.weight, ema_saved)
+
+    second = tmp_path / "second"
+    cfg2 = compose_train(
+        [*TINY_OVERRIDES, "debug=limit", "trainer.max_epochs=3", f"ckpt_path={last}"], second
+    )
+    metrics = fit(cfg2)
+    assert metrics["global_step"] == 9  # continued from 6, one more epoch of 3
+    resumed = torch.load(
+        second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert int(resumed["state_dict"]["ema.n_averaged"]) == 9
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 9
+    opt_step = resumed["optimizer_states"][0]["state"][0]["step"]
+    assert int(opt_step) == 9
+
+
+def test_bad_config_combination_fails_before_work(tmp_path: Path) -> None:
+    cfg = compose_train([*TINY_OVERRIDES, "model.net.is_attn=[false]"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model.net.is_attn=\[False\] has 1 entries"):
+        run(cfg)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "is_attn" in status["error"]
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            "model.net.ch_mults=[1,2,2,2,2]",
+            "model.net.is_attn=[false,false,false,false,false]",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(ConfigError, match="data.image_size=8 is not divisible by 16"):
+        run(cfg)
+    cfg = compose_train([*TINY_OVERRIDES, "ckpt_path=/nonexistent/last.ckpt"], tmp_path)
+    with pytest.raises(ConfigError, match="ckpt_path=/nonexistent/last.ckpt does not exist"):
+        run(cfg)
+
+
+def test_lit_module_warmup_and_ema_are_configured(tmp_path: Path) -> None:
+    cfg = compose_train(TINY_OVERRIDES, tmp_path)
+    with open_dict(cfg):
+        cfg.model.warmup_steps = 4
+    model = instantiate(cfg.model)
+    opt_cfg = model.configure_optimizers()
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    base = cfg.model.optimizer.lr
+    assert lrs == pytest.approx([base * f for f in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)])
+    assert not any(p.requires_grad for p in model.ema.parameters())
+
+
+def test_train_py_command_writes_run_folder(tmp_path: Path) -> None:
+    """`python train.py` as a user runs it: Hydra run dir, config, checkpoint, samples."""
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("callbacks.progress_bar")]
+    cmd = [
+        sys.executable,
+        "train.py",
+        *overrides,
+        "debug=limit",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "debug" / "runs").iterdir())
+    assert len(runs) == 1
+    run_dir = runs[0]
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "samples" / "final.png").is_file()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"

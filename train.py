@@ -1,0 +1,18 @@
+"""Train a DDPM U-Net: `python train.py [overrides]` (see configs/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from ddpm_unet.train import run
+from ddpm_unet.utils.printing import print_config
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    if cfg.extras.get("print_config"):
+        print_config(cfg)
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
