@@ -20,9 +20,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_unet.utils.config_checks import check_train_config
+from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
 from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from ddpm_unet.utils.wandb_setup import configure_wandb
 
 log = logging.getLogger(__name__)
+install_hydra_ddp_launcher()
 
 
 def _in_multirun() -> bool:
@@ -71,6 +74,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     model.run_config = run_config_of(cfg)
     datamodule = instantiate(cfg.data, _convert_="object")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    configure_wandb(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     log_hyperparameters(cfg, model, trainer)
@@ -80,8 +84,11 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or v}
     metrics["global_step"] = trainer.global_step
     metrics["params"] = model.num_parameters
-    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
-        metrics["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
+    for ckpt_cb in trainer.checkpoint_callbacks:
+        if ckpt_cb.monitor and ckpt_cb.best_model_score is not None:
+            # best/val/loss, best/val/fid: the number a sweep compares jobs by
+            metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+            metrics[f"best/{ckpt_cb.monitor}/checkpoint"] = ckpt_cb.best_model_path
     return metrics
 
 
@@ -104,7 +111,8 @@ def run(cfg: DictConfig) -> float:
     output_dir = cfg.paths.output_dir
     start = time.time()
     try:
-        metrics = fit(cfg)
+        with isolated_distributed_job():
+            metrics = fit(cfg)
     except Exception as err:
         write_status(
             output_dir,

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch.optim.swa_utils import AveragedModel
 
 from ddpm_unet.models.diffusion import GaussianDiffusion, SamplerName
@@ -179,6 +180,11 @@ class LitDiffusion(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
+        if self._trainer is not None:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    # so that resuming continues the same W&B run
+                    checkpoint["wandb_run_id"] = logger.version
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is None and "run_config" in checkpoint:
