@@ -4,10 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 from ddpm_unet.train import run
+from ddpm_unet.utils.cli import exit_on_user_error
 from ddpm_unet.utils.printing import print_config
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float:
     if cfg.extras.get("print_config"):
         print_config(cfg)

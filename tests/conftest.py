@@ -71,3 +71,43 @@ def cfg_train(tmp_path: Path) -> Iterator[DictConfig]:
     """A tiny training config writing into `tmp_path`."""
     yield compose_train(TINY_OVERRIDES, tmp_path)
     GlobalHydra.instance().clear()
+
+
+# The same tiny run for command-line tests (no debug preset: it pins one CPU process).
+CLI_TINY = [
+    "model.net.n_channels=16",
+    "model.net.ch_mults=[1,2]",
+    "model.net.is_attn=[false,true]",
+    "model.net.n_blocks=1",
+    "model.net.n_groups=8",
+    "model.diffusion.num_timesteps=50",
+    "data.batch_size=32",
+    "trainer.accelerator=cpu",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false",
+    "callbacks.sample_grid.sampler=ddim",
+    "callbacks.sample_grid.steps=3",
+    "callbacks.sample_grid.num_samples=4",
+    "callbacks.sample_grid.nrow=2",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+]
+
+
+def run_train_cli(args: list[str], log_dir: Path, timeout: int = 420):
+    """Run `python train.py ARGS` as a user would, with outputs under `log_dir`."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args, f"paths.log_dir={log_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

@@ -37,22 +37,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def ema_update_fn(decay: float, warmup: bool):
+class EMAUpdate:
     """An `AveragedModel` `multi_avg_fn`: `ema <- ema + (1 - d) * (param - ema)`.
 
     With `warmup`, `d = min(decay, (1 + n) / (10 + n))` after `n` updates, so that early in
     training the average is not dominated by the random initialisation (a decay of 0.9999 would
-    otherwise need ~10^4 steps to forget it).
+    otherwise need ~10^4 steps to forget it). A class, not a closure, so the module pickles
+    (`ddp_spawn` sends it to the other processes).
     """
 
-    def update(
-        ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor
+    def __init__(self, decay: float, warmup: bool) -> None:
+        self.decay = decay
+        self.warmup = warmup
+
+    def __call__(
+        self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor
     ) -> None:
         n = int(num_averaged)
-        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+        d = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
-
-    return update
 
 
 class LitDiffusion(L.LightningModule):
@@ -63,7 +66,7 @@ class LitDiffusion(L.LightningModule):
     * `image_size`: height and width of the training images (used for sampling)
     * `optimizer`: AdamW keyword arguments (`lr`, `betas`, `weight_decay`, `eps`)
     * `warmup_steps`: linear learning-rate warm-up from 0 over this many optimiser steps
-    * `ema_decay`, `ema_warmup`: EMA of the weights (see `ema_update_fn`)
+    * `ema_decay`, `ema_warmup`: EMA of the weights (see `EMAUpdate`)
     * `compile`: wrap the training forward in `torch.compile`
     * `val_seed`: seed of the fixed validation steps and noise
     * `run_config`: the resolved run configuration (plain data), stored in checkpoints so that
@@ -116,7 +119,7 @@ class LitDiffusion(L.LightningModule):
             )
         self.image_size = image_size
         self.ema = AveragedModel(
-            self.net, multi_avg_fn=ema_update_fn(ema_decay, ema_warmup), use_buffers=True
+            self.net, multi_avg_fn=EMAUpdate(ema_decay, ema_warmup), use_buffers=True
         )
         # The average is not trained: without this DDP would wait for its gradients.
         self.ema.requires_grad_(False)

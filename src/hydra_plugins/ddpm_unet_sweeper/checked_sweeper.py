@@ -13,6 +13,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from ddpm_unet.utils.cli import report_user_error
 from ddpm_unet.utils.config_checks import ConfigError, check_model_config
 
 
@@ -32,9 +33,12 @@ class CheckedBasicSweeper(BasicSweeper):
             except (ConfigError, ValueError) as err:
                 errors.append(f"  {' '.join(job)}\n    -> {err}")
         if errors:
-            raise ConfigError(
-                f"{len(errors)} of {len(jobs)} sweep jobs have invalid configs; no job was "
-                "launched. Fix the sweep (e.g. sweep attn_placement instead of is_attn, see "
-                "configs/hparams_search/unet_arch.yaml):\n" + "\n".join(errors)
+            # Raised before Hydra starts any job; reported without a traceback (exit status 2).
+            report_user_error(
+                ConfigError(
+                    f"{len(errors)} of {len(jobs)} sweep jobs have invalid configs; no job was "
+                    "launched. Fix the sweep (e.g. sweep attn_placement instead of is_attn, see "
+                    "configs/hparams_search/unet_arch.yaml):\n" + "\n".join(errors)
+                )
             )
         return super().sweep(arguments)

@@ -1,0 +1,155 @@
+"""Multiruns: the architecture grid + report, up-front config checks, failed jobs, launchers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ddpm_unet.utils.resolvers import attention_flags
+from tests.conftest import CLI_TINY, ROOT, compose_train, run_train_cli
+from tests.wandb_records import read_records, run_info
+
+pytestmark = pytest.mark.slow
+
+# The arch grid sets ch_mults and derives is_attn; drop the tiny config's fixed architecture.
+ARCH_TINY = [o for o in CLI_TINY if not o.startswith(("model.net.ch_mults", "model.net.is_attn"))]
+
+
+def _sweep_dir(log_dir: Path) -> Path:
+    (sweep,) = list((log_dir / "train" / "multiruns").iterdir())
+    return sweep
+
+
+def test_attention_flags_fit_any_depth() -> None:
+    assert attention_flags([1, 2, 2], "none") == [False, False, False]
+    assert attention_flags([1, 2, 2], "lowest") == [False, False, True]
+    assert attention_flags([1, 2, 4, 16], "lowest_two") == [False, False, True, True]
+    assert attention_flags([1, 2], "all") == [True, True]
+    with pytest.raises(ValueError, match="attn_placement='middle' is unknown"):
+        attention_flags([1, 2], "middle")
+
+
+def test_arch_grid_2x2_with_wandb_groups_and_report(tmp_path: Path) -> None:
+    result = run_train_cli(
+        ["hparams_search=unet_arch", "logger=[csv,wandb]", "logger.wandb.offline=true", *ARCH_TINY],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+
+    # W&B: one run per job, all in the sweep's group, named by the job's overrides
+    runs = [run_info(read_records(f)) for f in sweep.glob("*/wandb/offline-run-*/run-*.wandb")]
+    assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
+    assert {r.run_group for r in runs} == {f"train-{sweep.name}"}
+    assert any("attn_placement=lowest" in r.display_name for r in runs)
+
+    report = subprocess.run(
+        [sys.executable, "-m", "ddpm_unet.report", str(sweep)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    table = pd.read_csv(sweep / "report.csv")
+    assert len(table) == 4 and set(table.status) == {"completed"}
+    assert set(table.overrides) == {
+        f"model.net.ch_mults={m} attn_placement={a}"
+        for m in ("[1,2]", "[1,2,2]")
+        for a in ("none", "lowest")
+    }
+    assert table.params.nunique() == 4  # four different architectures
+    assert (table.best_val_loss > 0).all() and (table.img_per_s > 0).all()
+    assert "| job | overrides | status | params |" in (sweep / "report.md").read_text()
+    with Image.open(sweep / "report.png") as img:
+        assert img.size[0] > 300
+
+
+def test_mismatched_sweep_is_rejected_before_any_job(tmp_path: Path) -> None:
+    tiny = [o for o in CLI_TINY if not o.startswith(("model.net.ch_mults", "model.net.is_attn"))]
+    result = run_train_cli(
+        [
+            "-m",
+            "model.net.ch_mults=[1,2],[1,2,2]",
+            "model.net.is_attn=[false,true],[true,true,true]",
+            *tiny,
+        ],
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "2 of 4 sweep jobs have invalid configs; no job was launched" in result.stderr
+    assert "model.net.ch_mults=[1,2] model.net.is_attn=[True,True,True]" in result.stderr
+    assert "Traceback" not in result.stderr
+    sweep_root = tmp_path / "train" / "multiruns"
+    assert not sweep_root.exists() or not any(sweep_root.rglob("status.json"))
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on_with_joblib(tmp_path: Path) -> None:
+    """n_groups=5 cannot split 16 channels: that job fails, the other completes."""
+    result = run_train_cli(
+        [
+            "-m",
+            "hydra/launcher=local_parallel",
+            "model.net.n_groups=8,5",
+            *[o for o in CLI_TINY if not o.startswith("model.net.n_groups")],
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    statuses = {
+        p.name: json.loads((p / "status.json").read_text()) for p in sweep.iterdir() if p.is_dir()
+    }
+    assert statuses["0"]["status"] == "completed"
+    assert statuses["1"]["status"] == "failed"
+    assert "n_groups=5" in statuses["1"]["error"]
+    frame = subprocess.run(
+        [sys.executable, "-m", "ddpm_unet.report", str(sweep)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "job 1 (failed)" in frame.stdout
+
+
+def test_optuna_sweep_runs_trials(tmp_path: Path) -> None:
+    result = run_train_cli(
+        [
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            *ARCH_TINY,
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "model.optimizer.lr" in results
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2
+
+
+def test_slurm_launcher_config_follows_the_trainer(tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            "hydra/launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+        ],
+        tmp_path,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert launcher.partition == "gpu"
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
