@@ -174,3 +174,12 @@ def test_sample_reports_progress_and_validates_steps() -> None:
         diffusion.sample(model, (1, 1, 4, 4), "ddpm", steps=7)
     with pytest.raises(ValueError, match="steps=50 must be between 1 and num_timesteps=20"):
         diffusion.sample(model, (1, 1, 4, 4), "ddim", steps=50)
+
+
+def test_ddim_timesteps_count_and_ends() -> None:
+    diffusion = GaussianDiffusion(1000)
+    assert diffusion.ddim_timesteps(1) == [999]  # one step starts from pure noise
+    for steps in (2, 7, 50, 999, 1000):
+        ts = diffusion.ddim_timesteps(steps)
+        assert len(ts) == len(set(ts)) == steps
+        assert ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)

@@ -219,8 +219,8 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(
                 f"sampler steps={steps} must be between 1 and num_timesteps={self.num_timesteps}."
             )
-        spaced = torch.linspace(0, self.num_timesteps - 1, steps).round().long().tolist()
-        return sorted(set(spaced), reverse=True)
+        # Spacing (T - 1) / (steps - 1) >= 1, so the rounded steps are distinct; one step is T - 1.
+        return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
 
     # ----------------------------------------------------------------- sampling loops
     @torch.no_grad()

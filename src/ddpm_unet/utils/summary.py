@@ -1,0 +1,135 @@
+"""A per-block table of a U-Net: input shape, output shape and parameter count of every block.
+
+It runs one forward pass on random data (no gradients, eval mode), so any configuration can be
+inspected without training. From the command line:
+
+    python -m ddpm_unet.utils.summary --n-channels 64 --ch-mults 1 2 4 16 --is-attn 0 0 1 1 \
+        --n-blocks 2 --image-channels 3 --image-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+
+import torch
+import torchinfo
+from torchinfo.enums import Units
+
+from ddpm_unet.models.unet import UNet
+
+SUMMARY_COLUMNS = ("input_size", "output_size", "num_params")
+
+
+def example_inputs(
+    model: UNet, image_size: int, batch_size: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random `(x, t)` for `model`: `x` `[batch, image_channels, size, size]`, `t` `[batch]`.
+
+    They live on the model's device and `x` has its dtype, so a model already moved to a GPU or
+    cast to half precision can be summarised as it is.
+    """
+    factor = model.downsampling_factor
+    if image_size < 1 or image_size % factor:
+        # Checked here because torchinfo would wrap the U-Net's own error in a generic one.
+        raise ValueError(
+            f"image_size={image_size} must be a positive multiple of {factor} = "
+            f"2 ** (len(ch_mults) - 1) for ch_mults={model.ch_mults}."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    param = next(model.parameters())
+    x = torch.randn(
+        batch_size,
+        model.image_channels,
+        image_size,
+        image_size,
+        device=param.device,
+        dtype=param.dtype,
+    )
+    # Any step works for shapes; a fixed one keeps the summary deterministic apart from `x`.
+    t = torch.full((batch_size,), 500, device=param.device, dtype=torch.long)
+    return x, t
+
+
+def summary_statistics(
+    model: UNet, image_size: int, batch_size: int = 1, depth: int = 3
+) -> torchinfo.ModelStatistics:
+    """torchinfo's statistics for one forward pass of `model` on `image_size` x `image_size`.
+
+    Use this when the numbers are needed (`.total_params`, `.summary_list`); `summarize_unet`
+    gives the printable table.
+    """
+    x, t = example_inputs(model, image_size, batch_size)
+    return torchinfo.summary(
+        model,
+        input_data=[x, t],
+        col_names=SUMMARY_COLUMNS,
+        depth=depth,
+        verbose=0,
+        # Eval mode: dropout off, and torchinfo restores the model's previous mode afterwards.
+        mode="eval",
+    )
+
+
+def summarize_unet(model: UNet, image_size: int, batch_size: int = 1, depth: int = 3) -> str:
+    """Return a table of every block's input shape, output shape and parameter count.
+
+    * `model`: any `UNet` (its device and dtype are used for the dummy input)
+    * `image_size`: height and width of the square input; a multiple of
+      `model.downsampling_factor`
+    * `batch_size`: batch dimension of the dummy input (shapes only; 1 is enough)
+    * `depth`: nesting shown; 3 reaches the residual and attention blocks inside each
+      `DownBlock` / `UpBlock`, and the layers inside the `MiddleBlock`
+    """
+    text = str(summary_statistics(model, image_size, batch_size, depth))
+    # torchinfo 1.8 formats its `Units` str-enum with f-strings, which on Python >= 3.11 prints
+    # "(Units.MEGABYTES)" instead of "(M)"; put the unit symbol back.
+    return re.sub(r"\(Units\.(\w+)\)", lambda m: f"({Units[m.group(1)].value})", text)
+
+
+def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ddpm_unet.utils.summary",
+        description="Print every U-Net block's input/output shape and parameter count.",
+    )
+    parser.add_argument("--n-channels", type=int, default=64, help="channels of level 0")
+    parser.add_argument(
+        "--ch-mults", type=int, nargs="+", default=[1, 2, 4, 16], help="multiplier per level"
+    )
+    parser.add_argument(
+        "--is-attn",
+        type=int,
+        nargs="+",
+        choices=(0, 1),
+        default=[0, 0, 1, 1],
+        help="1 where a level has self-attention (one flag per level)",
+    )
+    parser.add_argument("--n-blocks", type=int, default=2, help="DownBlocks per level")
+    parser.add_argument("--image-channels", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=32, help="input height and width")
+    parser.add_argument("--n-groups", type=int, default=32, help="GroupNorm groups")
+    parser.add_argument("--n-heads", type=int, default=1, help="attention heads")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--depth", type=int, default=3, help="nesting depth of the table")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry: build the U-Net from the arguments and print its summary."""
+    args = _parse_args(argv)
+    model = UNet(
+        image_channels=args.image_channels,
+        n_channels=args.n_channels,
+        ch_mults=args.ch_mults,
+        is_attn=[bool(a) for a in args.is_attn],
+        n_blocks=args.n_blocks,
+        n_groups=args.n_groups,
+        n_heads=args.n_heads,
+    )
+    print(summarize_unet(model, args.image_size, args.batch_size, args.depth))
+
+
+if __name__ == "__main__":
+    main()
