@@ -18,7 +18,7 @@ train: $(STAMP)  ## train unet_small on the built-in digits (extra Hydra overrid
 	$(BIN)/python train.py $(ARGS)
 
 test: $(STAMP)  ## the full test suite (what CI runs)
-	$(BIN)/python -m pytest $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(ARGS)  # no busy-waiting threads when tests run processes side by side
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,56 @@
+"""Sample-quality metrics: Inception weights, torch-fidelity FID/KID/IS, cached reference stats.
+
+The in-training FID (torchmetrics) is the callback `ddpm_unet.callbacks.fid.FIDCallback`.
+"""
+
+from ddpm_unet.metrics.fidelity import (
+    FEATURE_EXTRACTOR,
+    UInt8Images,
+    UInt8RGBView,
+    fidelity_metrics,
+    to_rgb,
+    to_uint8,
+    to_uint8_hwc,
+)
+from ddpm_unet.metrics.inception import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILENAME,
+    INCEPTION_WEIGHTS_URL,
+    InceptionWeightsNotFoundError,
+    default_weights_path,
+    make_random_inception_weights,
+    resolve_inception_weights,
+    weights_fingerprint,
+)
+from ddpm_unet.metrics.reference_stats import (
+    ReferenceSet,
+    build_reference_set,
+    cache_files,
+    reference_cache_name,
+    select_indices,
+    write_cache_info,
+)
+
+__all__ = [
+    "FEATURE_EXTRACTOR",
+    "INCEPTION_WEIGHTS_ENV",
+    "INCEPTION_WEIGHTS_FILENAME",
+    "INCEPTION_WEIGHTS_URL",
+    "InceptionWeightsNotFoundError",
+    "ReferenceSet",
+    "UInt8Images",
+    "UInt8RGBView",
+    "build_reference_set",
+    "cache_files",
+    "default_weights_path",
+    "fidelity_metrics",
+    "make_random_inception_weights",
+    "reference_cache_name",
+    "resolve_inception_weights",
+    "select_indices",
+    "to_rgb",
+    "to_uint8",
+    "to_uint8_hwc",
+    "weights_fingerprint",
+    "write_cache_info",
+]
