@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from ddpm_unet.data import ImageDataModule
+from ddpm_unet.metrics.inception import make_random_inception_weights
 from ddpm_unet.models.lit_diffusion import LitDiffusion
 from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from tests.conftest import CONFIG_DIR, compose_train
@@ -35,7 +36,9 @@ PARAMS = {
 
 def test_every_group_has_its_documented_options() -> None:
     assert {"unet_small", "unet_seed", "unet_ddpm_cifar10"} <= set(PARAMS["model"])
-    assert {"digits", "mnist", "fashion_mnist", "cifar10", "celeba", "folder"} <= set(PARAMS["data"])
+    assert {"digits", "mnist", "fashion_mnist", "cifar10", "celeba", "folder"} <= set(
+        PARAMS["data"]
+    )
     assert {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim"} <= set(PARAMS["trainer"])
     assert {"csv", "tensorboard", "wandb"} <= set(PARAMS["logger"])
     assert {"fdr", "overfit", "limit"} <= set(PARAMS["debug"])
@@ -47,6 +50,10 @@ def test_config_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     overrides = [f"{group}={option}"]
     if group == "data" and option == "folder":
         overrides.append(f"data.root={tmp_path}")
+    if group == "callbacks" and option == "fid":
+        # the real InceptionV3 architecture with random weights (tests never download)
+        weights = make_random_inception_weights(tmp_path / "inception.pth")
+        overrides.append(f"callbacks.fid.inception_weights={weights}")
     cfg = compose_train(overrides, tmp_path)
     assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group in ("model", "experiment", "hparams_search") or option == "default":

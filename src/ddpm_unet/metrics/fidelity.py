@@ -1,0 +1,188 @@
+"""FID, KID, Inception Score (and precision/recall) with torch-fidelity, on uint8 images.
+
+torch-fidelity is the reference implementation the numbers are compared with: it resizes uint8
+RGB images to 299x299 the way TensorFlow 1.x did, runs the ported InceptionV3 and computes the
+metrics in float64. This module only adapts our images to what it expects:
+
+* model outputs `[N, C, H, W]` in [-1, 1] -> uint8 `[N, C, H, W]` (`to_uint8`), rounding
+  `(x + 1) * 127.5` as image files would store them;
+* arrays `[N, H, W, C]` (as in `samples.npz`) and float datasets -> datasets of uint8
+  `[3, H, W]` tensors, grey images replicated to 3 channels (Inception takes RGB);
+* result keys shortened: `fid`, `kid_mean`, `kid_std`, `isc_mean`, `isc_std`, `precision`,
+  `recall`, `f_score`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+FEATURE_EXTRACTOR = "inception-v3-compat"
+"""torch-fidelity's name of the InceptionV3 extractor (also used by torchmetrics)."""
+
+_RESULT_KEYS = {
+    "frechet_inception_distance": "fid",
+    "kernel_inception_distance_mean": "kid_mean",
+    "kernel_inception_distance_std": "kid_std",
+    "inception_score_mean": "isc_mean",
+    "inception_score_std": "isc_std",
+    "precision": "precision",
+    "recall": "recall",
+    "f_score": "f_score",
+}
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """`[N, C, H, W]` floats in [-1, 1] -> uint8 `[N, C, H, W]` in 0..255 (rounded, clamped)."""
+    return ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """`[N, C, H, W]` floats in [-1, 1] -> numpy uint8 `[N, H, W, C]` (the `samples.npz` layout)."""
+    return to_uint8(images).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """`[..., 1 or 3, H, W]` -> `[..., 3, H, W]`: grey replicated to the 3 channels Inception
+    takes (the same image a viewer shows), RGB unchanged."""
+    channels = images.shape[-3]
+    if channels == 3:
+        return images
+    if channels == 1:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    raise ValueError(f"images have {channels} channels; expected 1 (grey) or 3 (RGB).")
+
+
+class UInt8Images(Dataset[torch.Tensor]):
+    """An array of uint8 images as torch-fidelity's input: item i is `[3, H, W]` uint8.
+
+    Args:
+        images: uint8 `[N, H, W, C]` (numpy, `samples.npz` layout) or `[N, C, H, W]` (tensor,
+            `channels_first=True`), with C = 1 or 3.
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, channels_first: bool = False) -> None:
+        tensor = torch.as_tensor(images)
+        if tensor.dtype != torch.uint8 or tensor.dim() != 4:
+            raise ValueError(
+                f"expected uint8 images [N, H, W, C] or [N, C, H, W], got {tuple(tensor.shape)} "
+                f"{tensor.dtype}."
+            )
+        self.images = tensor if channels_first else tensor.permute(0, 3, 1, 2)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_rgb(self.images[index]).contiguous()
+
+
+class UInt8RGBView(Dataset[torch.Tensor]):
+    """A dataset of float images `[C, H, W]` in [-1, 1] (e.g. `reference_dataset()`) seen as uint8
+    `[3, H, W]`, optionally restricted to `indices`."""
+
+    def __init__(
+        self, dataset: Dataset[torch.Tensor], indices: Sequence[int] | None = None
+    ) -> None:
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.dataset[self.indices[index]]
+        return to_rgb(to_uint8(image.unsqueeze(0))[0]).contiguous()
+
+
+def fidelity_metrics(
+    samples: Dataset[torch.Tensor],
+    reference: Dataset[torch.Tensor],
+    weights_path: str | os.PathLike[str],
+    *,
+    fid: bool = True,
+    kid: bool = True,
+    isc: bool = True,
+    prc: bool = False,
+    feature_layer_fid: str = "2048",
+    feature_layer_kid: str | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    isc_splits: int = 10,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    reference_cache_name: str | None = None,
+    cache_root: str | os.PathLike[str] | None = None,
+    save_cpu_ram: bool = False,
+    verbose: bool = False,
+    **extra: Any,
+) -> dict[str, float]:
+    """torch-fidelity's `calculate_metrics` with `samples` as input1 and `reference` as input2.
+
+    Args:
+        samples, reference: datasets of uint8 `[3, H, W]` tensors (`UInt8Images`, `UInt8RGBView`).
+        weights_path: the InceptionV3 weights file (`resolve_inception_weights`), passed
+            explicitly so torch-fidelity never downloads.
+        fid, kid, isc, prc: which metrics; ISC is computed on `samples` only. Precision/recall use
+            the Inception 2048-d features (torch-fidelity's default for them is VGG-16, whose
+            weights would be a second download), so they are not comparable with VGG-based ones.
+        feature_layer_fid, feature_layer_kid: Inception layer of FID/KID ("64", "192", "768",
+            "2048"; KID defaults to FID's layer).
+        kid_subset_size: clamped to the smaller set's size (torch-fidelity refuses larger ones).
+        reference_cache_name: when given, torch-fidelity caches the reference features under
+            this name in `cache_root` and reads them back next time (see `reference_stats`).
+        save_cpu_ram: load in the main process (no DataLoader workers) and compute
+            precision/recall in parts.
+        extra: further `calculate_metrics` keyword arguments.
+
+    Returns:
+        `{"fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "f_score"}`,
+        the requested ones.
+    """
+    import torch_fidelity
+
+    n_samples, n_reference = len(samples), len(reference)  # type: ignore[arg-type]
+    if (fid or kid or prc) and min(n_samples, n_reference) < 2:
+        raise ValueError(
+            f"FID/KID need at least 2 images per set, got {n_samples} samples and {n_reference} "
+            "reference images."
+        )
+    device = torch.device(device)
+    kwargs: dict[str, Any] = {
+        "input1": samples,
+        "input2": reference if (fid or kid or prc) else None,
+        "fid": fid,
+        "kid": kid,
+        "isc": isc,
+        "prc": prc,
+        # One extractor (Inception) for all metrics, also for precision/recall.
+        "feature_extractor": FEATURE_EXTRACTOR,
+        "feature_extractor_weights_path": os.fspath(weights_path),
+        "feature_layer_fid": str(feature_layer_fid),
+        "feature_layer_kid": str(feature_layer_kid or feature_layer_fid),
+        "feature_layer_prc": "2048",
+        "kid_subsets": kid_subsets,
+        "kid_subset_size": min(kid_subset_size, n_samples, n_reference),
+        "isc_splits": isc_splits,
+        "batch_size": batch_size,
+        "cuda": device.type == "cuda",
+        "save_cpu_ram": save_cpu_ram,
+        "verbose": verbose,
+        "cache": reference_cache_name is not None,
+        "input2_cache_name": reference_cache_name,
+        **extra,
+    }
+    if cache_root is not None:
+        kwargs["cache_root"] = os.fspath(cache_root)
+    if isc and n_samples < isc_splits:
+        raise ValueError(
+            f"the Inception Score splits the {n_samples} samples into isc_splits={isc_splits} "
+            "groups: use more samples or fewer splits."
+        )
+    raw = torch_fidelity.calculate_metrics(**kwargs)
+    return {_RESULT_KEYS.get(k, k): float(v) for k, v in raw.items()}

@@ -1,0 +1,247 @@
+"""Where the InceptionV3 weights of FID/KID/IS come from, and a clear error when they are missing.
+
+torch-fidelity and torchmetrics compute FID, KID and the Inception Score with the same network:
+the TensorFlow 2015-12-05 InceptionV3 ported to PyTorch (`FeatureExtractorInceptionV3`), whose
+weights are one file, `weights-inception-2015-12-05-6726825d.pth` (~95 MB). Left alone, both
+libraries download it with `torch.hub.load_state_dict_from_url` into torch.hub's cache; offline
+that fails deep inside the metric, often after minutes of sampling, or hangs on a stalled
+connection. So every entry point resolves the file up front, before any sampling:
+
+1. the config value (e.g. `inception_weights=/path/to/file`), if set; it must exist;
+2. else the environment variable `DDPM_UNET_INCEPTION_WEIGHTS`, if set; it must exist;
+3. else torch.hub's cache, `<torch.hub.get_dir()>/checkpoints/<file>` (where torch-fidelity and
+   torchmetrics look and download to: `$TORCH_HOME/hub/checkpoints/`, `~/.cache/torch/...`);
+4. else, if downloading is allowed, the file is fetched from torch-fidelity's URL into that cache
+   (as torch-fidelity would do), with timeouts so that no network fails fast instead of hanging;
+5. else `InceptionWeightsNotFoundError`, naming the file, the config key, the environment
+   variable and the cache directory to put it in.
+
+The resolved path is then passed explicitly (`feature_extractor_weights_path`) to torch-fidelity
+and torchmetrics, so they never download on their own, and its hash goes into the cache key of
+the reference statistics (other weights, other features).
+
+`make_random_inception_weights` writes a file in the same format with a seeded random
+initialisation: the real architecture and code paths without the download, for tests and speed
+benchmarks (its FID values mean nothing).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import threading
+import urllib.parse
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
+"""The file torch-fidelity and torchmetrics load (the name torch.hub caches it under)."""
+
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    + INCEPTION_WEIGHTS_FILENAME
+)
+"""torch-fidelity's download address (`torch_fidelity.feature_extractor_inceptionv3`)."""
+
+INCEPTION_WEIGHTS_ENV = "DDPM_UNET_INCEPTION_WEIGHTS"
+"""Environment variable holding the path of the weights file (used when the config has none)."""
+
+CONNECT_TIMEOUT_S = 10.0
+"""Seconds allowed to resolve the download host: without network the check ends here, instead of
+in a DNS lookup that socket timeouts do not cover."""
+
+DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
+"""Socket timeout of the download: `urllib` waits forever on a stalled connection without one."""
+
+
+class InceptionWeightsNotFoundError(FileNotFoundError):
+    """The InceptionV3 weights file is not available; the message says where to put it."""
+
+
+def default_weights_path() -> Path:
+    """torch.hub's cache location of the weights, where torch-fidelity/torchmetrics look for it:
+    `<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
+
+
+def weights_not_found_message(reason: str, config_key: str = "inception_weights") -> str:
+    """The error text: what is missing, why, and the three ways to provide it."""
+    cache = default_weights_path()
+    name = INCEPTION_WEIGHTS_FILENAME
+    return (
+        f"InceptionV3 weights file '{name}' not found: {reason}.\n"
+        f"FID, KID and the Inception Score need the weights torch-fidelity uses (~95 MB). "
+        f"Provide them in one of these ways:\n"
+        f"  * put the file in the cache directory {cache.parent}/ (found automatically), or\n"
+        f"  * set the config value {config_key}=/path/to/{name}, or\n"
+        f"  * set the environment variable {INCEPTION_WEIGHTS_ENV}=/path/to/{name}.\n"
+        f"On a machine with internet access, download it from {INCEPTION_WEIGHTS_URL} "
+        f"(or run torch-fidelity once there, which fills {cache.parent}/) and copy it over."
+    )
+
+
+def _check_reachable(url: str, timeout_s: float) -> None:
+    """Raise `OSError` if the host of `url` cannot be resolved within `timeout_s` seconds.
+
+    The lookup runs in a daemon thread: `getaddrinfo` ignores socket timeouts, and on a machine
+    without network it may otherwise block for a long time.
+    """
+    host = urllib.parse.urlsplit(url).hostname or ""
+    outcome: dict[str, BaseException | None] = {}
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            outcome["error"] = None
+        except BaseException as err:  # reported to the caller below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "error" not in outcome:
+        raise OSError(f"resolving {host} took more than {timeout_s:.0f} s (no network?)")
+    if outcome["error"] is not None:
+        raise OSError(f"cannot resolve {host}: {outcome['error']}") from outcome["error"]
+
+
+def download_weights(
+    destination: str | os.PathLike[str],
+    url: str = INCEPTION_WEIGHTS_URL,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    socket_timeout_s: float = DOWNLOAD_SOCKET_TIMEOUT_S,
+) -> Path:
+    """Download `url` to `destination` (atomically: torch.hub writes a `.partial` file first).
+
+    Raises:
+        OSError: the host cannot be reached or the transfer stalls (timeouts above).
+    """
+    destination = Path(destination)
+    _check_reachable(url, connect_timeout_s)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(socket_timeout_s)
+    try:
+        log.info("Downloading the Inception weights from %s to %s", url, destination)
+        torch.hub.download_url_to_file(url, str(destination), progress=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+    return destination
+
+
+def resolve_inception_weights(
+    path: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    config_key: str = "inception_weights",
+    download_key: str | None = None,
+    url: str = INCEPTION_WEIGHTS_URL,
+) -> Path:
+    """The path of the InceptionV3 weights file, found as described in the module docstring.
+
+    Args:
+        path: the config value (None or "" when unset).
+        download: fetch the file into torch.hub's cache when it is nowhere else.
+        config_key: the config key of `path`, named in the error message.
+        download_key: the config key of `download`, named when downloading is disabled.
+        url: where to download from (torch-fidelity's address).
+
+    Raises:
+        InceptionWeightsNotFoundError: the file is missing and cannot be downloaded.
+    """
+    if path not in (None, ""):
+        candidate = Path(os.path.expanduser(os.fspath(path)))
+        if candidate.is_file():
+            return candidate
+        raise InceptionWeightsNotFoundError(
+            weights_not_found_message(f"{config_key}={os.fspath(path)} does not exist", config_key)
+        )
+    env_value = os.environ.get(INCEPTION_WEIGHTS_ENV, "")
+    if env_value:
+        candidate = Path(os.path.expanduser(env_value))
+        if candidate.is_file():
+            return candidate
+        raise InceptionWeightsNotFoundError(
+            weights_not_found_message(
+                f"the environment variable {INCEPTION_WEIGHTS_ENV}={env_value} names a file that "
+                "does not exist",
+                config_key,
+            )
+        )
+    cached = default_weights_path()
+    if cached.is_file():
+        return cached
+    if not download:
+        switch = f" ({download_key}=false)" if download_key else ""
+        raise InceptionWeightsNotFoundError(
+            weights_not_found_message(
+                f"it is not in the cache {cached} and downloading is disabled{switch}", config_key
+            )
+        )
+    try:
+        return download_weights(cached, url)
+    except Exception as err:  # no network, proxy, HTTP error, disk: all mean "not available"
+        raise InceptionWeightsNotFoundError(
+            weights_not_found_message(
+                f"it is not in the cache {cached} and downloading it failed "
+                f"({type(err).__name__}: {err})",
+                config_key,
+            )
+        ) from err
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of the weights file (computed once per process per file version, ~0.3 s)."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def make_random_inception_weights(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a state dict for torch-fidelity's `FeatureExtractorInceptionV3` with random weights.
+
+    Same keys, shapes and format as the real file (a `torch.save`d state dict), so
+    torch-fidelity and torchmetrics load it through their normal code paths. The convolutions get
+    a He (fan-in, ReLU) initialisation and batch norm stays the identity, so activations keep their
+    scale through the ~50 layers (PyTorch's default init shrinks them ~6x per layer, and the
+    2048-d features would be ~1e-20: every FID would be 0). For tests and benchmarks only.
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Unloaded(FeatureExtractorInceptionV3):
+        """The extractor without the weight loading of its constructor."""
+
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: ANN001
+            return None
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({}, empty)  # the constructor torch.loads this instead of downloading
+        fork_devices: list[int] = []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            net = _Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+            for module in net.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                elif isinstance(module, torch.nn.Linear):
+                    torch.nn.init.normal_(module.weight, std=module.in_features**-0.5)
+                    torch.nn.init.zeros_(module.bias)
+    torch.save(net.state_dict(), path)
+    return path
