@@ -28,7 +28,15 @@ def attention_flags(ch_mults: Sequence[int], placement: str) -> list[bool]:
     return [i >= n - lowest for i in range(n)]
 
 
+def grid_upscale(image_size: int) -> int:
+    """Upscaling factor that shows images of `image_size` px at 32 px or more in sample grids."""
+    return max(1, -(-32 // int(image_size)))
+
+
 def register_resolvers() -> None:
-    """`${attn_at:<ch_mults>,<placement>}` -> list of bools (see `attention_flags`)."""
+    """`${attn_at:<ch_mults>,<placement>}` -> list of bools (see `attention_flags`);
+    `${grid_upscale:<image_size>}` -> int (see `grid_upscale`)."""
     if not OmegaConf.has_resolver("attn_at"):
         OmegaConf.register_new_resolver("attn_at", lambda m, p: attention_flags(list(m), str(p)))
+    if not OmegaConf.has_resolver("grid_upscale"):
+        OmegaConf.register_new_resolver("grid_upscale", grid_upscale)
