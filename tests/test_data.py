@@ -705,7 +705,7 @@ def test_digits_config_trains_offline(tmp_path: Path) -> None:
     dm.prepare_data()
     dm.setup("fit")
     x = _batch(dm.train_dataloader())
-    assert x.shape == (128, 1, 8, 8)
+    assert x.shape == (cfg.data.batch_size, 1, 8, 8)  # the config's global batch, one device
 
 
 def test_real_trainer_feeds_image_batches_to_the_module() -> None:

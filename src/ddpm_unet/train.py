@@ -16,6 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,6 +86,9 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     metrics["global_step"] = trainer.global_step
     metrics["params"] = model.num_parameters
     for ckpt_cb in trainer.checkpoint_callbacks:
+        # ModelCheckpoints only (OnExceptionCheckpoint is a checkpoint callback too, unmonitored)
+        if not isinstance(ckpt_cb, ModelCheckpoint):
+            continue
         if ckpt_cb.monitor and ckpt_cb.best_model_score is not None:
             # best/val/loss, best/val/fid: the number a sweep compares jobs by
             metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
