@@ -21,13 +21,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # A model with every kind of block (attention, down/up-sampling, middle) that runs in milliseconds.
-TINY_OVERRIDES = [
+TINY_MODEL = [
     "model.net.n_channels=16",
     "model.net.ch_mults=[1,2]",
     "model.net.is_attn=[false,true]",
     "model.net.n_blocks=1",
     "model.net.n_groups=8",
     "model.diffusion.num_timesteps=50",
+]
+
+TINY_OVERRIDES = [
+    *TINY_MODEL,
     "model.warmup_steps=2",
     "data.batch_size=32",
     "data.num_workers=0",
@@ -48,22 +52,27 @@ TINY_OVERRIDES = [
 ]
 
 
-def compose_train(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
-    """Compose `configs/train.yaml` with `overrides`, outputs under `tmp_path`, as Hydra would."""
+def compose_config(config_name: str, overrides: list[str], out: Path | None = None) -> DictConfig:
+    """Compose `configs/<config_name>.yaml` as Hydra would for a run writing into `out`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)
         cfg.paths.data_dir = str(ROOT / "data")
-        if tmp_path is not None:
-            cfg.paths.output_dir = str(tmp_path)
-            cfg.paths.log_dir = str(tmp_path)
-            cfg.hydra.runtime.output_dir = str(tmp_path)
+        if out is not None:
+            cfg.paths.output_dir = str(out)
+            cfg.paths.log_dir = str(out)
+            cfg.hydra.runtime.output_dir = str(out)
         cfg.hydra.runtime.cwd = str(ROOT)
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def compose_train(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
+    """Compose `configs/train.yaml` with `overrides`, outputs under `tmp_path`."""
+    return compose_config("train", overrides, tmp_path)
 
 
 @pytest.fixture
@@ -75,12 +84,7 @@ def cfg_train(tmp_path: Path) -> Iterator[DictConfig]:
 
 # The same tiny run for command-line tests (no debug preset: it pins one CPU process).
 CLI_TINY = [
-    "model.net.n_channels=16",
-    "model.net.ch_mults=[1,2]",
-    "model.net.is_attn=[false,true]",
-    "model.net.n_blocks=1",
-    "model.net.n_groups=8",
-    "model.diffusion.num_timesteps=50",
+    *TINY_MODEL,
     "data.batch_size=32",
     "trainer.accelerator=cpu",
     "+trainer.limit_train_batches=3",

@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 from PIL import Image
 
 from ddpm_unet import evaluate, sample
@@ -34,7 +32,7 @@ from ddpm_unet.metrics import (
     select_indices,
 )
 from ddpm_unet.train import fit
-from tests.conftest import CONFIG_DIR, ROOT, TINY_OVERRIDES, compose_train
+from tests.conftest import ROOT, TINY_OVERRIDES, compose_config, compose_train
 from tests.test_fid import RGBUInt8, random_weights_file, uint8
 
 NUM_SAMPLES = 12
@@ -70,23 +68,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fit(compose_train(overrides, out))
     GlobalHydra.instance().clear()
     return out / "checkpoints" / "last.ckpt"
-
-
-def compose_task(config_name: str, overrides: list[str], out: Path) -> DictConfig:
-    """Compose `configs/<config_name>.yaml` as Hydra would for a run writing into `out`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)
-        cfg.paths.data_dir = str(ROOT / "data")
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out)
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
 
 
 def run_command(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -133,16 +114,16 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
     assert info["sampler"] == "ddim" and info["steps"] == 4 and info["use_ema"]
 
     # The same settings in-process give the same images; another seed gives others.
-    same = sample.run(compose_task("sample", [*args, "progress=false"], tmp_path / "again"))
+    same = sample.run(compose_config("sample", [*args, "progress=false"], tmp_path / "again"))
     assert np.array_equal(np.load(same["samples"])["images"], images)
     other = sample.run(
-        compose_task("sample", [*args, "seed=4", "progress=false"], tmp_path / "other")
+        compose_config("sample", [*args, "seed=4", "progress=false"], tmp_path / "other")
     )
     assert not np.array_equal(np.load(other["samples"])["images"], images)
 
     # DDPM (all T steps) from the default sampler group.
     ddpm = sample.run(
-        compose_task(
+        compose_config(
             "sample", [f"ckpt_path={checkpoint}", "num_samples=2", "progress=false"], tmp_path / "d"
         )
     )
@@ -212,7 +193,7 @@ def test_eval_py_equals_torch_fidelity_and_reuses_cached_reference_features(
     # A second evaluation reads the reference features from the cache (and gets the same FID).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(INCEPTION_WEIGHTS_ENV, str(inception_weights))
-        cfg = compose_task("eval", [*eval_args(checkpoint), "metrics.isc=false"], tmp_path / "2")
+        cfg = compose_config("eval", [*eval_args(checkpoint), "metrics.isc=false"], tmp_path / "2")
         with open_dict(cfg):
             cfg.cache_dir = str(cache_dir)
         again = evaluate.run(cfg)
@@ -230,7 +211,7 @@ def test_eval_stops_before_sampling_when_the_weights_are_missing(
     monkeypatch.setattr(evaluate, "load_model", fail)
     monkeypatch.setattr(evaluate, "generate", fail)
     missing = tmp_path / "nowhere" / INCEPTION_WEIGHTS_FILENAME
-    cfg = compose_task(
+    cfg = compose_config(
         "eval", [*eval_args(checkpoint), f"inception_weights={missing}"], tmp_path / "out"
     )
     with pytest.raises(InceptionWeightsNotFoundError) as info:
@@ -246,7 +227,7 @@ def test_eval_stops_before_sampling_when_the_weights_are_missing(
     assert not (tmp_path / "out" / "samples.npz").exists()
 
     # Offline with nothing configured: no download attempt when downloading is off.
-    cfg = compose_task(
+    cfg = compose_config(
         "eval", [*eval_args(checkpoint), "inception_download=false"], tmp_path / "out2"
     )
     with pytest.raises(InceptionWeightsNotFoundError, match=r"inception_download=false"):
