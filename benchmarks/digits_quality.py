@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=500, help="samples (and real digits) to judge")
     parser.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw", action="store_true", help="sample the raw weights, not the EMA")
     args = parser.parse_args()
 
     digits = load_digits()
@@ -55,7 +57,14 @@ def main() -> None:
     model = LitDiffusion.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     torch.set_grad_enabled(False)
     samples = model.sample_images(
-        args.num, args.sampler, args.steps, seed=args.seed, batch_size=250, progress=True
+        args.num,
+        args.sampler,
+        args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=250,
+        use_ema=not args.raw,
+        progress=True,
     )
     # [-1, 1] -> the dataset's 0..16 scale, [N, 64]
     fake = ((samples[:, 0].reshape(len(samples), -1).numpy() + 1) / 2 * 16).clip(0, 16)

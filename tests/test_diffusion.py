@@ -183,3 +183,31 @@ def test_ddim_timesteps_count_and_ends() -> None:
         ts = diffusion.ddim_timesteps(steps)
         assert len(ts) == len(set(ts)) == steps
         assert ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+
+
+def test_min_snr_loss_weights_each_image_by_min_snr_gamma_over_snr() -> None:
+    gamma = 5.0
+    diffusion = GaussianDiffusion(1000, "cosine", loss_weighting="min_snr", min_snr_gamma=gamma)
+    alpha_bar = torch.cumprod(1 - make_beta_schedule("cosine", 1000), 0)
+    snr = alpha_bar / (1 - alpha_bar)
+    t = torch.tensor([0, 50, 300, 999])
+    expected_w = (snr[t].clamp(max=gamma) / snr[t]).float()
+    # Nearly clean steps (SNR >> gamma) are down-weighted, noisy steps (SNR <= gamma) keep 1.
+    assert expected_w[0] < 0.01 and expected_w[-1] == 1.0
+    torch.manual_seed(0)
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    noise = torch.randn_like(x0)
+    model = lambda x, t: 0.5 * x  # noqa: E731 - a fixed eps-model with a different error per image
+    per_image = (model(diffusion.q_sample(x0, t, noise), t) - noise).square().mean(dim=(1, 2, 3))
+    loss = diffusion.loss(model, x0, t, noise)
+    assert loss.item() == pytest.approx((expected_w * per_image).mean().item(), rel=1e-5)
+    uniform = GaussianDiffusion(1000, "cosine").loss(model, x0, t, noise)
+    assert uniform.item() == pytest.approx(per_image.mean().item(), rel=1e-5)
+    assert loss.item() < uniform.item()
+
+
+def test_bad_loss_weighting_names_the_value() -> None:
+    with pytest.raises(ValueError, match="loss_weighting='snr'"):
+        GaussianDiffusion(10, loss_weighting="snr")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_snr_gamma=0"):
+        GaussianDiffusion(10, loss_weighting="min_snr", min_snr_gamma=0)

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.models.lit_diffusion import LitDiffusion, LRFactor
 from ddpm_unet.train import fit, run
 from ddpm_unet.utils.config_checks import ConfigError
 from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
@@ -125,6 +125,82 @@ def test_lit_module_warmup_and_ema_are_configured(tmp_path: Path) -> None:
     base = cfg.model.optimizer.lr
     assert lrs == pytest.approx([base * f for f in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)])
     assert not any(p.requires_grad for p in model.ema.parameters())
+
+
+def test_lr_factor_warms_up_then_decays_on_a_half_cosine() -> None:
+    factor = LRFactor(warmup=4, total=14, min_ratio=0.1)
+    assert [factor(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factor(9) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the decay
+    assert factor(14) == pytest.approx(0.1) and factor(20) == pytest.approx(0.1)
+    assert LRFactor(warmup=0)(1000) == 1.0  # lr_decay=none: constant after the warm-up
+
+
+def test_cosine_lr_decay_reaches_its_floor_at_the_last_step(tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            "debug=limit",
+            "trainer.max_epochs=3",  # 3 epochs x 3 batches = 9 optimiser steps
+            "model.lr_decay=cosine",
+            "model.min_lr_ratio=0.2",
+        ],
+        tmp_path,
+    )
+    fit(cfg)
+    rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("lr")
+    lrs = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    base = cfg.model.optimizer.lr
+    # Logged before each step: warm-up 0.5, 1.0, then the decay down towards 0.2 at step 9.
+    expected = [LRFactor(2, 9, 0.2)(step) * base for step in range(9)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[2] > lrs[5] > lrs[8] > 0.2 * base
+    ckpt = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.2 * base)
+
+
+def test_cosine_lr_decay_without_a_run_length_is_refused(tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            "debug=limit",
+            "trainer.max_epochs=-1",
+            "trainer.max_time=00:00:00:05",
+            "model.lr_decay=cosine",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(ConfigError, match="model.lr_decay=cosine needs a known run length"):
+        run(cfg)  # refused by the config checks, before any data or model is built
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_channels_last_holds_nhwc_weights_and_gives_the_same_loss(tmp_path: Path) -> None:
+    cfg = compose_train([*TINY_OVERRIDES, "debug=fdr", "model.channels_last=true"], tmp_path)
+    nhwc = instantiate(cfg.model)
+    with open_dict(cfg):
+        cfg.model.channels_last = False
+    nchw = instantiate(cfg.model)
+    nchw.load_state_dict(nhwc.state_dict())
+    name = next(n for n, m in nhwc.net.named_modules() if getattr(m, "in_channels", 1) > 1)
+    conv_weight = nhwc.net.get_submodule(name).weight  # 1 input channel looks the same either way
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv_weight.is_contiguous()
+    ema_weight = nhwc.ema.module.get_submodule(name).weight
+    assert ema_weight.is_contiguous(memory_format=torch.channels_last)
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t, noise = torch.tensor([0, 10, 30, 49]), torch.randn(4, 1, 8, 8)
+    batch = nhwc.on_after_batch_transfer(x0, 0)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    loss_nhwc = nhwc.diffusion.loss(nhwc.net, batch, t, noise)
+    loss_nchw = nchw.diffusion.loss(nchw.net, x0, t, noise)
+    assert loss_nhwc.item() == pytest.approx(loss_nchw.item(), rel=1e-5)
+    metrics = fit(
+        compose_train([*TINY_OVERRIDES, "debug=fdr", "model.channels_last=true"], tmp_path)
+    )
+    assert metrics["global_step"] == 1
 
 
 def test_train_py_command_writes_run_folder(tmp_path: Path) -> None:

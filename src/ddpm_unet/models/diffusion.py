@@ -22,6 +22,7 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScheduleName = Literal["linear", "cosine"]
 SamplerName = Literal["ddpm", "ddim"]
 VarianceType = Literal["beta", "posterior"]
+LossWeighting = Literal["uniform", "min_snr"]
 
 
 def make_beta_schedule(
@@ -74,14 +75,22 @@ class GaussianDiffusion(nn.Module):
         beta_end: float = 0.02,
         variance: VarianceType = "beta",
         clip_x0: bool = True,
+        loss_weighting: LossWeighting = "uniform",
+        min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
         if variance not in ("beta", "posterior"):
             raise ValueError(f"variance={variance!r} must be 'beta' or 'posterior'.")
+        if loss_weighting not in ("uniform", "min_snr"):
+            raise ValueError(f"loss_weighting={loss_weighting!r} must be 'uniform' or 'min_snr'.")
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma={min_snr_gamma} must be > 0 (Hang et al. use 5).")
         self.num_timesteps = num_timesteps
         self.schedule = schedule
         self.variance = variance
         self.clip_x0 = clip_x0
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
         betas = make_beta_schedule(schedule, num_timesteps, beta_start, beta_end)
         alphas = 1.0 - betas
         alpha_bar = torch.cumprod(alphas, dim=0)
@@ -95,6 +104,11 @@ class GaussianDiffusion(nn.Module):
             "sqrt_alpha_bar": alpha_bar.sqrt(),
             "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
             "posterior_variance": posterior_variance,
+            # Min-SNR-gamma weight of the epsilon loss: min(SNR_t, gamma) / SNR_t, with
+            # SNR_t = alpha_bar_t / (1 - alpha_bar_t) (Hang et al. 2023). It is 1 at noisy steps
+            # and shrinks at nearly clean ones, whose easy targets otherwise slow training down.
+            "min_snr_weight": (alpha_bar / (1 - alpha_bar)).clamp(max=min_snr_gamma)
+            / (alpha_bar / (1 - alpha_bar)),
             "posterior_mean_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
             "posterior_mean_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
         }
@@ -128,16 +142,21 @@ class GaussianDiffusion(nn.Module):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The simple DDPM objective `|| eps - eps_model(x_t, t) ||^2`, averaged; a scalar.
+        """The DDPM objective `|| eps - eps_model(x_t, t) ||^2`, averaged; a scalar.
 
-        `t` and `noise` are drawn when not given; pass them to evaluate on fixed draws.
+        With `loss_weighting="uniform"` this is DDPM's simple loss; with `"min_snr"` each image's
+        squared error is weighted by `min(SNR_t, gamma) / SNR_t`. `t` and `noise` are drawn when
+        not given; pass them to evaluate on fixed draws.
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        return F.mse_loss(eps_model(x_t, t).float(), noise.float())
+        if self.loss_weighting == "uniform":
+            return F.mse_loss(eps_model(x_t, t).float(), noise.float())
+        per_image = (eps_model(x_t, t).float() - noise.float()).square().flatten(1).mean(dim=1)
+        return (self.min_snr_weight[t] * per_image).mean()
 
     # ----------------------------------------------------------------- reverse-process maths
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

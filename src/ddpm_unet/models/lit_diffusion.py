@@ -14,6 +14,7 @@ Lightning; this module wires them into a training loop:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +59,26 @@ class EMAUpdate:
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
 
 
+class LRFactor:
+    """`LambdaLR` multiplier after `step` optimiser steps: linear warm-up over `warmup` steps,
+    then 1, or, with `total`, a half cosine from 1 down to `min_ratio` at step `total`.
+
+    A class, not a closure, so the module pickles (`ddp_spawn`)."""
+
+    def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.0) -> None:
+        self.warmup = warmup
+        self.total = total
+        self.min_ratio = min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.total is None:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class LitDiffusion(L.LightningModule):
     """DDPM training of a `UNet` noise predictor.
 
@@ -66,8 +87,12 @@ class LitDiffusion(L.LightningModule):
     * `image_size`: height and width of the training images (used for sampling)
     * `optimizer`: AdamW keyword arguments (`lr`, `betas`, `weight_decay`, `eps`)
     * `warmup_steps`: linear learning-rate warm-up from 0 over this many optimiser steps
+    * `lr_decay`: after the warm-up, `none` keeps the rate constant (DDPM); `cosine` decays it to
+      `min_lr_ratio * lr` at the run's last step (`trainer.max_steps` or `max_epochs`)
     * `ema_decay`, `ema_warmup`: EMA of the weights (see `EMAUpdate`)
     * `compile`: wrap the training forward in `torch.compile`
+    * `channels_last`: keep weights and batches in NHWC layout (faster convolutions on GPUs and on
+      CPUs with several threads; same results)
     * `val_seed`: seed of the fixed validation steps and noise
     * `run_config`: the resolved run configuration (plain data), stored in checkpoints so that
       `sample.py`/`eval.py` can rebuild the dataset and model from a checkpoint alone
@@ -82,9 +107,12 @@ class LitDiffusion(L.LightningModule):
         image_size: int = 32,
         optimizer: Mapping[str, Any] | None = None,
         warmup_steps: int = 0,
+        lr_decay: str = "none",
+        min_lr_ratio: float = 0.0,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         compile: bool = False,
+        channels_last: bool = False,
         val_seed: int = 1234,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -94,6 +122,10 @@ class LitDiffusion(L.LightningModule):
             raise ValueError(f"ema_decay={ema_decay} must be in [0, 1), e.g. 0.9999.")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0.")
+        if lr_decay not in ("none", "cosine"):
+            raise ValueError(f"lr_decay={lr_decay!r} must be 'none' (DDPM) or 'cosine'.")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1].")
         self.save_hyperparameters(
             {
                 "net": net,
@@ -101,9 +133,12 @@ class LitDiffusion(L.LightningModule):
                 "image_size": image_size,
                 "optimizer": optimizer,
                 "warmup_steps": warmup_steps,
+                "lr_decay": lr_decay,
+                "min_lr_ratio": min_lr_ratio,
                 "ema_decay": ema_decay,
                 "ema_warmup": ema_warmup,
                 "compile": compile,
+                "channels_last": channels_last,
                 "val_seed": val_seed,
             }
         )
@@ -118,6 +153,9 @@ class LitDiffusion(L.LightningModule):
                 f"{factor} or use fewer levels in model.net.ch_mults."
             )
         self.image_size = image_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Before the EMA copy is made, so that both hold their weights in the same layout.
+        self.net.to(memory_format=self.memory_format)
         self.ema = AveragedModel(
             self.net, multi_avg_fn=EMAUpdate(ema_decay, ema_warmup), use_buffers=True
         )
@@ -137,6 +175,10 @@ class LitDiffusion(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     # ----------------------------------------------------------------- training
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        """Batches `[batch, C, H, W]` in the weights' layout (NHWC with `channels_last`)."""
+        return batch.contiguous(memory_format=self.memory_format)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion.loss(
             self.net if self._compiled_net is None else self._compiled_net, batch
@@ -168,16 +210,31 @@ class LitDiffusion(L.LightningModule):
         }
         opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
         optimizer = torch.optim.AdamW(self.net.parameters(), **opt_kwargs)
-        warmup = self.hparams.warmup_steps
-
-        def warmup_factor(step: int) -> float:
-            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_fn())
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def _lr_factor_fn(self) -> LRFactor:
+        """The learning-rate multiplier per optimiser step: linear warm-up, then constant (DDPM)
+        or a cosine decay to `min_lr_ratio` at the run's last step."""
+        warmup = self.hparams.warmup_steps
+        if self.hparams.get("lr_decay", "none") == "none":
+            return LRFactor(warmup)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "model.lr_decay=cosine needs a known run length: set trainer.max_steps or "
+                "trainer.max_epochs, or use model.lr_decay=none."
+            )
+        if total <= warmup:
+            raise ValueError(
+                f"model.lr_decay=cosine decays after the warm-up, but the run has only {total} "
+                f"optimiser steps and model.warmup_steps={warmup}: lower the warm-up or train "
+                f"longer."
+            )
+        return LRFactor(warmup, int(total), self.hparams.get("min_lr_ratio", 0.0))
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -44,10 +44,24 @@ def check_trainer_config(cfg: DictConfig) -> None:
             )
 
 
+def check_schedule_config(cfg: DictConfig) -> None:
+    """A decaying learning rate needs to know where the run ends."""
+    if cfg.model.get("lr_decay", "none") != "cosine":
+        return
+    max_steps = cfg.trainer.get("max_steps", -1)
+    max_epochs = cfg.trainer.get("max_epochs")
+    if (max_steps is None or max_steps < 0) and (max_epochs is None or max_epochs < 0):
+        raise ConfigError(
+            f"model.lr_decay=cosine needs a known run length, but trainer.max_steps={max_steps} "
+            f"and trainer.max_epochs={max_epochs}: set one of them, or use model.lr_decay=none."
+        )
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Every check that needs only the config; raises `ConfigError`."""
     check_model_config(cfg)
     check_trainer_config(cfg)
+    check_schedule_config(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         from pathlib import Path
