@@ -72,3 +72,20 @@ def test_config_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     if cfg.trainer.get("accelerator") in ("cpu", "auto"):
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
         assert isinstance(trainer, L.Trainer)
+
+
+def test_ddpm_cifar10_experiment_is_the_papers_setup() -> None:
+    """Ho et al. 2020, CIFAR-10: none of the digits default's short-run choices leak into it."""
+    cfg = compose_train(["experiment=ddpm_cifar10"])
+    model, diffusion = cfg.model, cfg.model.diffusion
+    assert (diffusion.num_timesteps, diffusion.schedule) == (1000, "linear")
+    assert (diffusion.beta_start, diffusion.beta_end) == (1e-4, 0.02)
+    assert diffusion.loss_weighting == "uniform"
+    assert (model.optimizer.lr, model.optimizer.weight_decay) == (2e-4, 0.0)
+    assert (model.warmup_steps, model.lr_decay) == (5000, "none")
+    assert (model.ema_decay, model.ema_warmup) == (0.9999, False)
+    assert (model.net.n_channels, list(model.net.ch_mults)) == (128, [1, 2, 2, 2])
+    assert list(model.net.is_attn) == [False, True, False, False]  # attention at 16x16
+    assert model.net.dropout == 0.1
+    assert (cfg.data.dataset, cfg.data.batch_size, cfg.data.random_flip) == ("cifar10", 128, True)
+    assert (cfg.trainer.max_steps, cfg.trainer.gradient_clip_val) == (800_000, 1.0)

@@ -34,7 +34,9 @@ from ddpm_unet.data import (
     DatasetDownloadError,
     DatasetNotFoundError,
     ImageDataModule,
+    ImageDataset,
     ImageFolderDataset,
+    PrecomputedImages,
     build_transform,
     per_device_batch_size,
 )
@@ -244,6 +246,19 @@ def test_digits_pixel_values_map_0_16_onto_minus1_1() -> None:
     index = dm.val_dataset.indices[3]
     expected = raw[index] / 16 * 2 - 1
     torch.testing.assert_close(dm.val_dataset[3], expected.unsqueeze(0))
+
+
+def test_digits_are_transformed_once_into_the_same_tensors() -> None:
+    """The digits are precomputed (one tensor), equal to the per-item transform pipeline."""
+    dm = ImageDataModule("digits", image_size=16, image_channels=3)
+    dm.setup()
+    assert isinstance(dm.train_dataset, PrecomputedImages)
+    assert dm.train_dataset.images.shape == (len(dm.train_dataset.indices), 3, 16, 16)
+    per_item = ImageDataset(
+        dm.train_dataset.source, dm.train_dataset.indices, build_transform(16, 3, False)
+    )
+    for i in (0, 7, len(per_item) - 1):
+        torch.testing.assert_close(dm.train_dataset[i], per_item[i])
 
 
 def test_digits_resized_and_converted_to_rgb() -> None:

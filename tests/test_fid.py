@@ -19,7 +19,6 @@ import torch
 import torch_fidelity
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import Dataset
 
 from ddpm_unet.callbacks.fid import FIDCallback, share
 from ddpm_unet.data import ImageDataModule
@@ -29,7 +28,6 @@ from ddpm_unet.metrics import (
     InceptionWeightsNotFoundError,
     UInt8Images,
     fidelity_metrics,
-    make_random_inception_weights,
     resolve_inception_weights,
     select_indices,
 )
@@ -37,16 +35,9 @@ from ddpm_unet.models.lit_diffusion import LitDiffusion
 from ddpm_unet.train import fit
 from ddpm_unet.utils.instantiate import instantiate_callbacks
 from tests.conftest import TINY_OVERRIDES, compose_train
+from tests.fidelity_helpers import RGBUInt8, random_weights_file, uint8
 
 N_IMAGES = 24  # per set: few images keep the CPU time low; the comparisons are exact anyway
-
-
-def random_weights_file(factory: pytest.TempPathFactory) -> Path:
-    """The session's random InceptionV3 weights (made once; shared by the FID test modules)."""
-    path = factory.getbasetemp() / "inception" / INCEPTION_WEIGHTS_FILENAME
-    if not path.is_file():
-        make_random_inception_weights(path, seed=0)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -62,25 +53,6 @@ def isolated_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         mp.setenv("TORCH_HOME", str(home))
         mp.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
         yield home
-
-
-class RGBUInt8(Dataset):
-    """uint8 `[N, C, H, W]` -> items `[3, H, W]`, written here so the reference computations do
-    not go through the package's adapters."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i].contiguous()
-
-
-def uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8, independently of `ddpm_unet.metrics.to_uint8`."""
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def torch_fidelity_fid_kid(

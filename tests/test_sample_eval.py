@@ -33,7 +33,7 @@ from ddpm_unet.metrics import (
 )
 from ddpm_unet.train import fit
 from tests.conftest import ROOT, TINY_OVERRIDES, compose_config, compose_train
-from tests.test_fid import RGBUInt8, random_weights_file, uint8
+from tests.fidelity_helpers import RGBUInt8, random_weights_file, uint8
 
 NUM_SAMPLES = 12
 NUM_REFERENCE = 16

@@ -18,6 +18,7 @@ from ddpm_unet.data.datasets import (
     TORCHVISION_DATASETS,
     DigitsDataset,
     ImageDataset,
+    PrecomputedImages,
     build_transform,
     ensure_torchvision_dataset,
     load_torchvision_split,
@@ -122,8 +123,8 @@ class ImageDataModule(L.LightningDataModule):
         # Until setup() knows the world size, assume one process.
         self.world_size = 1
         self.batch_size_per_device = batch_size
-        self.train_dataset: ImageDataset | None = None
-        self.val_dataset: ImageDataset | None = None
+        self.train_dataset: ImageDataset | PrecomputedImages | None = None
+        self.val_dataset: ImageDataset | PrecomputedImages | None = None
         # (source, indices) per split, kept to build reference datasets with another transform.
         self._sources: dict[str, tuple[Dataset[Any], list[int]]] = {}
 
@@ -219,12 +220,16 @@ class ImageDataModule(L.LightningDataModule):
         train_idx, val_idx = random_split_indices(len(source), self.val_fraction, self.seed)
         return {"train": (source, train_idx), "val": (source, val_idx)}
 
-    def _images(self, split: str, flip: bool) -> ImageDataset:
+    def _images(self, split: str, flip: bool) -> ImageDataset | PrecomputedImages:
         source, indices = self._sources[split]
+        if isinstance(source, DigitsDataset):
+            # Small and in memory: transform once instead of per item and epoch.
+            fixed = build_transform(self.image_size, self.image_channels, random_flip=False)
+            return PrecomputedImages(ImageDataset(source, indices, fixed), random_flip=flip)
         transform = build_transform(self.image_size, self.image_channels, random_flip=flip)
         return ImageDataset(source, indices, transform)
 
-    def _require(self, split: str) -> ImageDataset:
+    def _require(self, split: str) -> ImageDataset | PrecomputedImages:
         if self.train_dataset is None:
             self.setup()  # convenience when used without a Trainer
         dataset = self.train_dataset if split == "train" else self.val_dataset

@@ -178,6 +178,33 @@ class ImageDataset(Dataset[torch.Tensor]):
         return self.transform(item)
 
 
+class PrecomputedImages(Dataset[torch.Tensor]):
+    """A small dataset transformed once, held as one tensor `[N, C, H, W]` in [-1, 1].
+
+    For in-memory sources such as the digits, where running the per-image transform pipeline on
+    every item of every batch is pure overhead (about a fifth of a training step at batch 256 on a
+    CPU, for the same tensors every epoch). The deterministic part of the transform runs once
+    here; the only random step, the horizontal flip, is applied per item (probability 0.5) when
+    `random_flip`.
+    """
+
+    def __init__(self, images: ImageDataset, random_flip: bool = False) -> None:
+        self.source, self.indices = images.source, images.indices  # as ImageDataset has them
+        self.images = torch.stack([images[i] for i in range(len(images))])
+        self.random_flip = random_flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Return one image `[C, H, W]`, float32 in [-1, 1] (mirrored half of the time with
+        `random_flip`)."""
+        image = self.images[index]
+        if self.random_flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image
+
+
 def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of `range(n)` into (train, val); `round(n * val_fraction)` (at least 1) go to
     val. The same `(n, val_fraction, seed)` always gives the same split, on every rank."""
