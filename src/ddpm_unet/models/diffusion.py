@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,6 +96,7 @@ class GaussianDiffusion(nn.Module):
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         # Posterior q(x_{t-1} | x_t, x_0) = N(c0 * x_0 + ct * x_t, posterior_variance).
         posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        snr = alpha_bar / (1 - alpha_bar)  # signal-to-noise ratio of x_t
         buffers = {
             "betas": betas,
             "alpha_bar": alpha_bar,
@@ -107,8 +107,7 @@ class GaussianDiffusion(nn.Module):
             # Min-SNR-gamma weight of the epsilon loss: min(SNR_t, gamma) / SNR_t, with
             # SNR_t = alpha_bar_t / (1 - alpha_bar_t) (Hang et al. 2023). It is 1 at noisy steps
             # and shrinks at nearly clean ones, whose easy targets otherwise slow training down.
-            "min_snr_weight": (alpha_bar / (1 - alpha_bar)).clamp(max=min_snr_gamma)
-            / (alpha_bar / (1 - alpha_bar)),
+            "min_snr_weight": snr.clamp(max=min_snr_gamma) / snr,
             "posterior_mean_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
             "posterior_mean_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
         }
@@ -153,10 +152,11 @@ class GaussianDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        if self.loss_weighting == "uniform":
-            return F.mse_loss(eps_model(x_t, t).float(), noise.float())
+        # Per-image MSE `[batch]`; its plain mean is DDPM's simple loss (F.mse_loss).
         per_image = (eps_model(x_t, t).float() - noise.float()).square().flatten(1).mean(dim=1)
-        return (self.min_snr_weight[t] * per_image).mean()
+        if self.loss_weighting == "min_snr":
+            per_image = self.min_snr_weight[t] * per_image
+        return per_image.mean()
 
     # ----------------------------------------------------------------- reverse-process maths
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
