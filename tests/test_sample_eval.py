@@ -106,7 +106,9 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
     run_dir = only_run_dir(tmp_path / "cli", "sample")
     images = np.load(run_dir / "samples.npz")["images"]
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
-    assert (run_dir / "grid.png").is_file()
+    # 8x8 digits are shown at 32 px in the grid (like the training grids): 6 tiles of 32x32.
+    grid = Image.open(run_dir / "grid.png")
+    assert grid.width * grid.height >= 6 * 32 * 32
     pngs = sorted((run_dir / "pngs").glob("*.png"))
     assert len(pngs) == 6
     assert np.array_equal(np.asarray(Image.open(pngs[5])), images[5, ..., 0])

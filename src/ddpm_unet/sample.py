@@ -29,6 +29,7 @@ from torchvision.utils import save_image
 from ddpm_unet.callbacks.sample_grid import images_to_grid
 from ddpm_unet.metrics.fidelity import to_uint8_hwc
 from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.utils.resolvers import grid_upscale
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         images,
         output_dir,
         nrow=cfg.get("nrow"),
-        upscale=int(cfg.get("upscale", 1)),
+        upscale=grid_upscale(model.image_size) if cfg.get("upscale") is None else int(cfg.upscale),
         save_pngs=bool(cfg.get("save_pngs", False)),
     )
     info = {
