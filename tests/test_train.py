@@ -193,7 +193,8 @@ def test_channels_last_holds_nhwc_weights_and_gives_the_same_loss(tmp_path: Path
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     t, noise = torch.tensor([0, 10, 30, 49]), torch.randn(4, 1, 8, 8)
     batch = nhwc.on_after_batch_transfer(x0, 0)
-    assert batch.is_contiguous(memory_format=torch.channels_last)
+    rgb = nhwc.on_after_batch_transfer(torch.rand(2, 3, 8, 8), 0)  # 1 channel: either layout
+    assert rgb.is_contiguous(memory_format=torch.channels_last) and not rgb.is_contiguous()
     loss_nhwc = nhwc.diffusion.loss(nhwc.net, batch, t, noise)
     loss_nchw = nchw.diffusion.loss(nchw.net, x0, t, noise)
     assert loss_nhwc.item() == pytest.approx(loss_nchw.item(), rel=1e-5)
