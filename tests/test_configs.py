@@ -89,3 +89,12 @@ def test_ddpm_cifar10_experiment_is_the_papers_setup() -> None:
     assert model.net.dropout == 0.1
     assert (cfg.data.dataset, cfg.data.batch_size, cfg.data.random_flip) == ("cifar10", 128, True)
     assert (cfg.trainer.max_steps, cfg.trainer.gradient_clip_val) == (800_000, 1.0)
+
+
+@pytest.mark.parametrize("model", ["unet_seed", "unet_ddpm_cifar10"])
+def test_ddpm_named_models_keep_ddpms_training_recipe(model: str) -> None:
+    """They build on unet_small's config but not on its digits-run choices."""
+    cfg = compose_train([f"model={model}"]).model
+    assert (cfg.diffusion.schedule, cfg.diffusion.loss_weighting) == ("linear", "uniform")
+    assert (cfg.optimizer.lr, cfg.warmup_steps, cfg.lr_decay) == (2e-4, 5000, "none")
+    assert cfg.ema_decay == 0.9999
