@@ -5,12 +5,18 @@ from omegaconf import DictConfig
 
 from ddpm_unet.train import run
 from ddpm_unet.utils.cli import exit_on_user_error
+from ddpm_unet.utils.logging_setup import route_library_logs_to_root
 from ddpm_unet.utils.printing import print_config
+from ddpm_unet.utils.project_root import anchor_project_root
+
+# logs/ and data/ sit beside this file, wherever the command is started from
+anchor_project_root(__file__)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
+    route_library_logs_to_root()  # Lightning's messages into <run>/<task>.log too
     if cfg.extras.get("print_config"):
         print_config(cfg)
     return run(cfg)

@@ -655,6 +655,47 @@ def test_folder_of_only_corrupt_files_fails(tmp_path: Path) -> None:
         ImageDataModule("folder", root=tmp_path).setup()
 
 
+def test_folder_truncated_files_are_skipped_at_setup_not_met_by_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PIL's `verify()` decodes no pixels, so it passes a truncated JPEG; set-up decodes every
+    file, so a cut-off file is skipped there instead of killing a DataLoader worker mid-epoch."""
+    rng = np.random.default_rng(0)
+    for i in range(6):  # noise: large files with entropy-coded data to cut into
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.jpg", quality=95)
+    whole = (tmp_path / "0.jpg").read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    cut_png = tmp_path / "cut.png"
+    cut_png.write_bytes((tmp_path / "p.png").read_bytes()[:-200])
+    (tmp_path / "p.png").unlink()
+    with Image.open(truncated) as image:
+        image.verify()  # the old check: no complaint
+
+    dm = ImageDataModule(
+        "folder", root=tmp_path, image_size=16, batch_size=2, num_workers=2, val_fraction=0.2
+    )
+    with caplog.at_level(logging.WARNING, logger="ddpm_unet.data"):
+        dm.setup()
+    assert sorted(dm.train_dataset.source.bad_files) == [cut_png, truncated]
+    assert "Skipping 2 of 8 files" in caplog.text and "truncated.jpg" in caplog.text
+    batches = list(dm.train_dataloader())  # a whole epoch through two worker processes
+    assert len(batches) == 2  # 5 training images, batches of 2, the partial one dropped
+    for batch in batches:
+        _assert_images(batch, channels=3, size=16)
+    with pytest.raises(CorruptImagesError, match=r"(?s)max_bad_files=0.*truncated\.jpg"):
+        ImageDataModule("folder", root=tmp_path, max_bad_files=0).setup()
+
+    # A file cut after set-up is named when it is loaded.
+    source = dm.train_dataset.source
+    victim = source.files[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(CorruptImagesError, match=re.escape(f"{victim} was readable at set-up")):
+        source[0]
+
+
 def test_folder_missing_or_empty_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "does_not_exist"
     with pytest.raises(DatasetNotFoundError, match=re.escape(str(missing))):

@@ -1,14 +1,24 @@
-"""Execute `notebooks/unet_walkthrough.ipynb` and check what it prints.
+"""Execute `notebooks/unet_walkthrough.ipynb`, check what it prints, and that its stored outputs
+are current.
 
-The notebook is stored without outputs; running it here is what keeps it in step with the code.
+The notebook is committed with its outputs, so it reads with its results where people browse the
+repository. Running it here keeps it in step with the code: a fresh run must print exactly what is
+stored. After changing the notebook, or code whose output it shows, store the new outputs with
+
+    python tests/test_notebook.py
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import json
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -19,6 +29,7 @@ from nbclient import NotebookClient
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "unet_walkthrough.ipynb"
 KERNEL = "python3"
+REWRITE = "python tests/test_notebook.py"
 # jupyter_client replaces these kernel commands by `sys.executable` (see
 # `KernelManager.format_kernel_cmd`), so such a kernelspec runs this interpreter.
 _PYTHON_NAMES = {
@@ -43,18 +54,18 @@ def _kernel_runs_this_python() -> bool:
     return os.path.realpath(argv[0]) == os.path.realpath(sys.executable)
 
 
-@pytest.fixture(scope="session")
-def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Make `python3` resolve to this venv's interpreter, without touching the venv.
+@contextmanager
+def this_python_kernel(root: Path) -> Iterator[dict[str, str]]:
+    """Make `python3` resolve to this interpreter, without touching the venv.
 
     When the kernelspec Jupyter finds (a user-level one, say) would start another Python, a
-    `python3` spec running `sys.executable` is written to a temporary directory put first on
-    `JUPYTER_PATH`, which Jupyter searches before any other location.
+    `python3` spec running `sys.executable` is written under `root`, put first on `JUPYTER_PATH`
+    (Jupyter searches it before any other location) until the context exits. Yields the changed
+    environment variables.
     """
     if _kernel_runs_this_python():
         yield {}
         return
-    root = tmp_path_factory.mktemp("jupyter")
     spec_dir = root / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
     spec = {
@@ -75,21 +86,60 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
             os.environ["JUPYTER_PATH"] = old
 
 
-@pytest.fixture(scope="session")
-def executed(kernel_env: dict[str, str]) -> nbformat.NotebookNode:
-    """The notebook after a full run (a failing cell raises `CellExecutionError`)."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(_PROBE))
+def execute(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Run every cell of `nb` in place, from the notebook's folder (a failing cell raises
+    `CellExecutionError`). No timing metadata is recorded and each cell's prints are merged into
+    one output, so the stored file changes only when what the notebook prints changes."""
     client = NotebookClient(
         nb,
         kernel_name=KERNEL,
         timeout=300,
+        record_timing=False,
+        # The kernel sends prints in chunks that depend on timing: one stream per cell instead.
+        coalesce_streams=True,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     # Passive OpenMP waiting: on a CPU shared with other processes, spinning torch threads
     # slowed this notebook down by half (a user's own setting is kept).
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
-    client.execute(env=env)
+    client.execute(env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ})
+    return nb
+
+
+def store_outputs() -> None:
+    """Execute the notebook and write it back with its outputs (what `python <this file>` does).
+
+    The notebook-level metadata is kept as it was: the kernel adds its exact Python version, which
+    would change the file on every machine.
+    """
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    metadata = copy.deepcopy(nb.metadata)
+    with tempfile.TemporaryDirectory() as tmp, this_python_kernel(Path(tmp)):
+        execute(nb)
+    nb.metadata = metadata
+    nbformat.validate(nb)
+    nbformat.write(nb, NOTEBOOK)
+
+
+@pytest.fixture(scope="session")
+def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`python3` runs this venv's interpreter for the whole session."""
+    with this_python_kernel(tmp_path_factory.mktemp("jupyter")) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def executed(kernel_env: dict[str, str]) -> nbformat.NotebookNode:
+    """The notebook after a full fresh run, with the probe cell first."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(_PROBE))
+    return execute(nb)
+
+
+@pytest.fixture(scope="session")
+def committed() -> nbformat.NotebookNode:
+    """The notebook as stored in the repository."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
     return nb
 
 
@@ -108,14 +158,81 @@ def _all_text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(_text(cell) for cell in nb.cells if cell.cell_type == "code")
 
 
-def test_notebook_is_stored_without_outputs() -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, (
-                "save the notebook without outputs (Kernel > Restart & Clear Output)"
+def _outputs(cell: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """A cell's outputs as (kind, text), without execution counts: what is compared."""
+    result = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            result.append((f"stream:{output.name}", output.text))
+        elif output.output_type in ("execute_result", "display_data"):
+            result.append((output.output_type, output.data.get("text/plain", "")))
+        else:  # error
+            result.append((output.output_type, f"{output.ename}: {output.evalue}"))
+    return result
+
+
+def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def _fresh_code_cells(executed: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    """The fresh run's code cells without the probe, aligned with the committed ones."""
+    return _code_cells(executed)[1:]
+
+
+def test_committed_notebook_has_outputs(
+    committed: nbformat.NotebookNode, executed: nbformat.NotebookNode
+) -> None:
+    """Every code cell that prints something in a fresh run has stored outputs."""
+    fresh = _fresh_code_cells(executed)
+    stored = _code_cells(committed)
+    assert len(fresh) == len(stored)
+    printing = [i for i, cell in enumerate(fresh) if cell.outputs]
+    assert len(printing) >= 8, "the walk-through prints in (almost) every section"
+    empty = [i for i in printing if not stored[i].outputs]
+    assert not empty, f"code cells {empty} are stored without their outputs: run `{REWRITE}`"
+
+
+def test_committed_outputs_match_a_fresh_run(
+    committed: nbformat.NotebookNode, executed: nbformat.NotebookNode
+) -> None:
+    """Stale outputs fail: everything the notebook prints is deterministic (seeded, shapes,
+    parameter counts, comparisons), so a fresh run must print exactly what is stored."""
+    for i, (stored, fresh) in enumerate(
+        zip(_code_cells(committed), _fresh_code_cells(executed), strict=True)
+    ):
+        if _outputs(stored) != _outputs(fresh):
+            diff = difflib.unified_diff(
+                _text(stored).splitlines(),
+                _text(fresh).splitlines(),
+                "stored",
+                "fresh run",
+                lineterm="",
             )
+            pytest.fail(
+                f"code cell {i} ({stored.source.splitlines()[0]!r}) prints something else than "
+                f"its stored outputs: run `{REWRITE}`\n" + "\n".join(list(diff)[:40])
+            )
+
+
+def test_committed_outputs_are_clean(committed: nbformat.NotebookNode) -> None:
+    """One top-to-bottom run, no errors, warnings, progress bars, timings or local paths."""
+    counts = [cell.execution_count for cell in _code_cells(committed)]
+    assert counts == list(range(1, len(counts) + 1)), f"execution counts {counts}: run `{REWRITE}`"
+    local = {str(REPO), str(Path.home()), sys.prefix, tempfile.gettempdir()} - {"", "/"}
+    for i, cell in enumerate(_code_cells(committed)):
+        assert "execution" not in cell.metadata, f"cell {i} stores timings: run `{REWRITE}`"
+        for kind, text in _outputs(cell):
+            assert kind in ("stream:stdout", "execute_result", "display_data"), (
+                f"code cell {i} stores a {kind} output (an error, a warning or a progress bar):\n"
+                f"{text[:500]}"
+            )
+            leaked = [path for path in local if path in text]
+            assert not leaked, f"code cell {i} prints local paths {leaked}"
+            assert not re.search(r"\bat 0x[0-9a-f]+", text), f"cell {i} prints a memory address"
+    assert committed.metadata.get("language_info", {}).keys() <= {"name"}, (
+        "the notebook's metadata holds the kernel's exact Python version: run " + REWRITE
+    )
 
 
 def test_kernel_runs_in_this_environment(executed: nbformat.NotebookNode) -> None:
@@ -152,3 +269,7 @@ def test_key_outputs(executed: nbformat.NotebookNode) -> None:
     # The summary table from ddpm_unet.utils.summary.
     assert "Total params: 168,899,011" in text
     assert "MiddleBlock: 1-4" in text
+
+
+if __name__ == "__main__":
+    store_outputs()

@@ -168,14 +168,14 @@ def test_eval_py_equals_torch_fidelity_and_reuses_cached_reference_features(
     assert not metrics["reference_from_cache"]
     cache_dir = log_dir / "fid_cache"
     assert (cache_dir / f"{metrics['reference_cache_name']}.json").is_file()
-    assert list(cache_dir.glob(f"{metrics['reference_cache_name']}-*.pt"))
+    assert list(cache_dir.glob(f"{metrics['reference_cache_name']}-*.npz"))
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
         logged = next(csv.DictReader(handle))
     assert float(logged["eval/fid"]) == pytest.approx(metrics["fid"])
 
     # torch-fidelity itself on the same images: eval.py's samples and the reference subset.
     samples = torch.from_numpy(np.load(run_dir / "samples.npz")["images"]).permute(0, 3, 1, 2)
-    run_config = torch.load(checkpoint, map_location="cpu", weights_only=False)["run_config"]
+    run_config = torch.load(checkpoint, map_location="cpu", weights_only=True)["run_config"]
     reference = instantiate(run_config["data"]).reference_dataset("train")
     real = uint8(torch.stack([reference[i] for i in select_indices(len(reference), NUM_REFERENCE)]))
     expected = torch_fidelity.calculate_metrics(

@@ -118,6 +118,11 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_joblib(tmp_path: Path
         timeout=120,
     )
     assert "job 1 (failed)" in frame.stdout
+    # the failed job's row is marked, its values empty (not 0), its error shortened
+    assert "| 1 | model.net.n_groups=5 | **failed** | - |" in frame.stdout
+    table = pd.read_csv(sweep / "report.csv")
+    assert table.status.tolist() == ["completed", "failed"]
+    assert pd.isna(table.best_val_loss[1]) and table.best_val_loss[0] > 0
 
 
 def test_optuna_sweep_runs_trials(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_bad_config_combination_fails_before_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.image_size=8 is not divisible by 16"):
         run(cfg)
     cfg = compose_train([*TINY_OVERRIDES, "ckpt_path=/nonexistent/last.ckpt"], tmp_path)
-    with pytest.raises(ConfigError, match="ckpt_path=/nonexistent/last.ckpt does not exist"):
+    with pytest.raises(FileNotFoundError, match="ckpt_path=/nonexistent/last.ckpt does not exist"):
         run(cfg)
 
 
@@ -192,8 +192,8 @@ def test_channels_last_holds_nhwc_weights_and_gives_the_same_loss(tmp_path: Path
     assert ema_weight.is_contiguous(memory_format=torch.channels_last)
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     t, noise = torch.tensor([0, 10, 30, 49]), torch.randn(4, 1, 8, 8)
-    batch = nhwc.on_after_batch_transfer(x0, 0)
-    rgb = nhwc.on_after_batch_transfer(torch.rand(2, 3, 8, 8), 0)  # 1 channel: either layout
+    batch = nhwc._in_layout(x0)
+    rgb = nhwc._in_layout(torch.rand(2, 3, 8, 8))  # 1 channel: either layout
     assert rgb.is_contiguous(memory_format=torch.channels_last) and not rgb.is_contiguous()
     loss_nhwc = nhwc.diffusion.loss(nhwc.net, batch, t, noise)
     loss_nchw = nchw.diffusion.loss(nchw.net, x0, t, noise)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,22 @@ def read_records(run_file: Path) -> list[wandb_internal_pb2.Record]:
         record.ParseFromString(payload)
         records.append(record)
     return records
+
+
+def read_finished_records(run_file: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """`read_records` once the run's last record (`exit`) is on disk.
+
+    `wandb.finish()` can return before W&B's service has flushed an offline run file (wandb 0.31:
+    every run after a process's first), so a test reading it at once may see only the header.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_file} has no exit record after {timeout} s")
+        time.sleep(0.2)
 
 
 def history(records: list[wandb_internal_pb2.Record]) -> list[dict]:

@@ -5,7 +5,8 @@ Steps, in an order that fails early:
 1. resolve the InceptionV3 weights file (`InceptionWeightsNotFoundError` before any sampling);
 2. load the checkpoint (EMA weights) and rebuild its dataset from `run_config["data"]` at the
    model's resolution and channel count (`data_root` overrides the data root);
-3. name the reference cache entry (`ddpm_unet.metrics.reference_stats`);
+3. name the reference cache entry (`ddpm_unet.metrics.reference_stats`) and check the cached
+   features now: an unreadable entry is deleted with a warning and recomputed in step 5;
 4. sample `num_samples` images (progress bar) and keep them as `samples.npz`;
 5. torch-fidelity `calculate_metrics` on samples (input1) against the real images (input2, cached);
 6. write `metrics.json` and send the metrics (`eval/fid`, ...) to the configured loggers.
@@ -27,9 +28,13 @@ from ddpm_unet.metrics.inception import resolve_inception_weights
 from ddpm_unet.metrics.reference_stats import (
     build_reference_set,
     cache_files,
+    validate_reference_cache,
     write_cache_info,
 )
 from ddpm_unet.sample import generate, load_model, resolve_device, sampling_steps
+from ddpm_unet.utils.checkpoint import read_lit_checkpoint
+from ddpm_unet.utils.config_checks import check_eval_config
+from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.instantiate import instantiate_loggers
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ def reference_data_config(
         ValueError: the checkpoint holds no `run_config["data"]` (not written by our train.py).
     """
     if not run_config or "data" not in run_config:
-        raise ValueError(
+        raise UserError(
             "the checkpoint has no run_config['data'] (it was not written by this project's "
             "train.py), so the dataset to compare with is unknown."
         )
@@ -84,12 +89,11 @@ def log_to_loggers(cfg: DictConfig, metrics: dict[str, float], step: int) -> Non
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path`; write `<output_dir>/metrics.json`; return its content."""
+    check_eval_config(cfg)  # bad values name their key here, before any file is read
     num_samples = int(cfg.num_samples)
-    if num_samples < 2:
-        raise ValueError(f"num_samples={num_samples} must be >= 2 for FID/KID.")
     metric_flags = {k: bool(cfg.metrics.get(k, False)) for k in ("fid", "kid", "isc", "prc")}
     if not any(metric_flags.values()):
-        raise ValueError("metrics: every metric is off; enable at least one of fid/kid/isc/prc.")
+        raise UserError("metrics: every metric is off; enable at least one of fid/kid/isc/prc.")
     # 1. The weights before anything slow: a missing file must not cost a sampling run.
     weights = resolve_inception_weights(
         cfg.get("inception_weights"),
@@ -121,6 +125,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     use_cache = bool(cfg.get("use_cache", True))
     if use_cache:
         write_cache_info(cache_root, reference.cache_name, reference.key)
+        # A damaged or planted entry is deleted (one warning) now, not found after sampling.
+        validate_reference_cache(cache_root, reference.cache_name)
     cached_before = cache_files(cache_root, reference.cache_name) if use_cache else {}
 
     # 4. Samples.
@@ -196,8 +202,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _checkpoint_position(ckpt_path: str | Path) -> tuple[int, int]:
     """`(epoch, global_step)` of a checkpoint (the x-axis of the logged metrics)."""
-    import torch
-
-    # mmap: the tensors are not read, only the small metadata entries.
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    # Read as data only; mmap: the tensors are not read, only the small metadata entries.
+    checkpoint = read_lit_checkpoint(ckpt_path)
     return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))

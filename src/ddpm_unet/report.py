@@ -5,6 +5,8 @@
 Reads each job folder's `.hydra/overrides.yaml`, `status.json` (written by every job, failed ones
 included) and, when the CSV logger was on, `csv/version_*/metrics.csv` for the best values over
 the whole run. Writes `report.csv`, `report.md` and `report.png` into the multirun folder.
+Jobs that did not complete (failed, or no status.json) are marked: **bold** status and their
+shortened error in the Markdown table, red in the plot; their missing values stay empty, never 0.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLUMNS = [
     "job",
@@ -91,48 +96,127 @@ def collect(multirun_dir: Path) -> pd.DataFrame:
     return frame
 
 
+def short_error(error: str, limit: int = 60) -> str:
+    """The first line of an error message, cut to `limit` characters (for tables and plots)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
+def _cell(value: str) -> str:
+    """A Markdown table cell: `|` would end the cell, so it is escaped."""
+    return value.replace("|", "\\|")
+
+
 def _markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no extra dependency such as tabulate)."""
-    shown = frame.drop(columns=["error"]).copy()
+    """A GitHub Markdown table (no extra dependency such as tabulate).
+
+    Jobs that did not complete are marked **bold** in `status` with their shortened error in the
+    last column; values they never reached are `-`, not blank and never 0.
+    """
+    shown = frame.copy()
     for col in ("img_per_s", "best_val_loss", "best_val_fid", "wall_s"):
-        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+        shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")
     for col in ("params", "global_step"):
-        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
+        shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
+    done = shown.status == "completed"
+    shown["status"] = [s if ok else f"**{s}**" for s, ok in zip(shown.status, done)]
+    shown["error"] = [
+        "" if ok else short_error(e) or "no status.json" for e, ok in zip(frame.error, done)
+    ]
     lines = []
     if frame.attrs.get("common_overrides"):
         lines += [f"Overrides shared by all jobs: `{frame.attrs['common_overrides']}`", ""]
+    lines += [f"{int(done.sum())} of {len(frame)} jobs completed.", ""]
     lines += ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(False)]
-    failed = frame[frame.status != "completed"]
+    lines += [
+        "| " + " | ".join(_cell(str(v)) for v in row) + " |" for row in shown.itertuples(False)
+    ]
+    failed = frame[~done]
     if len(failed):
         lines += ["", "Jobs that did not complete:"]
         lines += [
-            f"- job {r.job} ({r.status}): {r.error or 'no status.json'}"
+            f"- job {r.job} ({r.status}): {short_error(r.error, 300) or 'no status.json'}"
             for r in failed.itertuples()
         ]
     return "\n".join(lines) + "\n"
 
 
-def plot(frame: pd.DataFrame, path: Path) -> None:
-    """Bar charts of best val/loss (and val/fid when computed) and throughput, per job."""
+def axis_limits(values: pd.Series | list[float]) -> tuple[float, float]:
+    """The x-range of one bar chart, scaled to the data so that small differences show.
+
+    Starting at 0 makes 0.55 and 0.61 look equal; the range instead starts half the spread below
+    the smallest value (never below 0 when all values are >= 0) and leaves a third of the spread
+    above the largest for its value label. Without any finite value: (0, 1).
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    spread = high - low or (abs(high) * 0.1 or 1.0)  # one value (or all equal): 10% of it
+    start = low - 0.5 * spread
+    if low >= 0 > start:
+        start = 0.0
+    return start, high + spread / 3
+
+
+FAILED_COLOR, COMPLETED_COLOR = "tab:red", "tab:blue"
+
+
+def make_figure(frame: pd.DataFrame) -> Figure:
+    """Bar charts per job of best val/loss (and val/fid when computed) and throughput.
+
+    Each chart's x-axis is scaled to its values (`axis_limits`) and every bar carries its value.
+    Jobs that did not complete are red: their tick label, any bar they have, and, where they
+    have no value, their status (with the shortened error in the first chart).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
 
-    metrics = [("best_val_loss", "best val/loss (lower is better)"), ("img_per_s", "train img/s")]
+    metrics = [
+        ("best_val_loss", "best val/loss (lower is better)"),
+        ("img_per_s", "train img/s (higher is better)"),
+    ]
     if frame["best_val_fid"].notna().any():
         metrics.insert(1, ("best_val_fid", "best val/fid (lower is better)"))
+    done = (frame.status == "completed").tolist()
     labels = [f"{r.job}: {r.overrides or '(base)'}" for r in frame.itertuples()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 1.2 + 0.5 * len(frame)))
-    colors = ["tab:blue" if s == "completed" else "tab:red" for s in frame.status]
-    for ax, (col, title) in zip(axes, metrics):
-        ax.barh(labels, frame[col].fillna(0), color=colors)
+    rows = list(range(len(frame)))
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 1.2 + 0.5 * len(frame)), dpi=100
+    )
+    for i, (ax, (col, title)) in enumerate(zip(axes, metrics)):
+        start, end = axis_limits(frame[col])
+        for row, value, ok, status, error in zip(rows, frame[col], done, frame.status, frame.error):
+            color = COMPLETED_COLOR if ok else FAILED_COLOR
+            if pd.notna(value):
+                # Bars start at the axis' left edge, which is not 0 (see axis_limits).
+                ax.barh(row, value - start, left=start, color=color)
+                ax.text(value, row, f" {value:.4g}", va="center", ha="left", fontsize=8)
+            elif not ok:
+                reason = short_error(error, 40) or "no status.json"
+                note = status if i else f"{status}: {reason}"
+                ax.text(start, row, f" {note}", va="center", ha="left", color=FAILED_COLOR)
+            else:
+                ax.text(start, row, " n/a", va="center", ha="left", color="grey")
+        ax.set_xlim(start, end)
+        ax.set_ylim(len(frame) - 0.5, -0.5)  # job 0 on top
+        ax.set_yticks(rows, labels if i == 0 else [""] * len(rows))
         ax.set_title(title)
-        ax.invert_yaxis()
-    for ax in axes[1:]:
-        ax.set_yticklabels([])
+    for tick, ok in zip(axes[0].get_yticklabels(), done):
+        if not ok:
+            tick.set_color(FAILED_COLOR)
     fig.tight_layout(pad=0.5)
+    return fig
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    """Write `make_figure(frame)` to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(frame)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -26,16 +26,18 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.utils import save_image
 
-from ddpm_unet.callbacks.sample_grid import images_to_grid
 from ddpm_unet.metrics.fidelity import to_uint8_hwc
 from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.utils.checkpoint import (
+    CheckpointNotFoundError,
+    model_from_checkpoint,
+    read_lit_checkpoint,
+)
+from ddpm_unet.utils.config_checks import check_sample_config
+from ddpm_unet.utils.images import images_to_grid
 from ddpm_unet.utils.resolvers import grid_upscale
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """`ckpt_path` is unset or names no file."""
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -46,23 +48,22 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu") -> LitDiffusion:
-    """`LitDiffusion` from a Lightning checkpoint, on `device`, in eval mode.
+    """`LitDiffusion` from a checkpoint of this project, on `device`, in eval mode.
+
+    Read by `ddpm_unet.utils.checkpoint` as data only (`weights_only=True`).
 
     Raises:
-        CheckpointNotFoundError: `ckpt_path` is None or not a file.
+        CheckpointNotFoundError: `ckpt_path` is unset or names no file.
+        CheckpointError: the file is not a checkpoint of this project's model (see
+            `read_checkpoint`), or its weights do not fit the model it describes.
     """
     if ckpt_path in (None, "", "???"):
         raise CheckpointNotFoundError(
             "ckpt_path is not set: pass the checkpoint to use, e.g. "
             "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"
         )
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        raise CheckpointNotFoundError(
-            f"ckpt_path={ckpt_path} does not exist; checkpoints are written to "
-            "logs/train/runs/<run>/checkpoints/ (last.ckpt, epoch_*.ckpt, best_fid_*.ckpt)."
-        )
-    model = LitDiffusion.load_from_checkpoint(path, map_location="cpu")
+    checkpoint = read_lit_checkpoint(ckpt_path)
+    model = model_from_checkpoint(checkpoint, ckpt_path)
     return model.to(device).eval()
 
 
@@ -148,8 +149,7 @@ def save_outputs(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load `cfg.ckpt_path`, sample `cfg.num_samples` images, write them; return the info dict."""
-    if int(cfg.num_samples) < 1:
-        raise ValueError(f"num_samples={cfg.num_samples} must be >= 1.")
+    check_sample_config(cfg)  # bad values name their key here, before the checkpoint is read
     device = resolve_device(cfg.get("device"))
     model = load_model(cfg.get("ckpt_path"), device)
     sampler = cfg.sampler

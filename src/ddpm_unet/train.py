@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import traceback
 import warnings
@@ -18,8 +19,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_unet.callbacks import signals
+from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
+from ddpm_unet.callbacks.run_folder import check_run_folder
+from ddpm_unet.callbacks.sample_grid import SampleGrid
 from ddpm_unet.utils.config_checks import check_train_config
 from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
 from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -37,8 +43,14 @@ def _in_multirun() -> bool:
 def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
     """`<run>/status.json`: completed or failed, with metrics or the error; read by the report."""
     path = Path(output_dir) / "status.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(status, indent=2, default=str))
+    text = json.dumps(status, indent=2, default=str)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"status.json.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # never a half-written status for the report to choke on
+    except OSError as err:  # a full disk must not hide the error that ended the run
+        log.error("could not write %s (%s); the status was: %s", path, err, status.get("status"))
 
 
 @rank_zero_only
@@ -79,9 +91,13 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     log_hyperparameters(cfg, model, trainer)
+    if trainer.world_size == 1:
+        # On one process ResumeState restores the position in an interrupted epoch, so
+        # Lightning's warning that the dataloader is not resumable does not apply.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        _fit_or_interrupt(trainer, model, datamodule, cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or v}
     metrics["global_step"] = trainer.global_step
     metrics["params"] = model.num_parameters
@@ -93,7 +109,56 @@ def fit(cfg: DictConfig) -> dict[str, float]:
             # best/val/loss, best/val/fid: the number a sweep compares jobs by
             metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
             metrics[f"best/{ckpt_cb.monitor}/checkpoint"] = ckpt_cb.best_model_path
+    if cfg.get("train", True):
+        log_run_summary(trainer, metrics)
     return metrics
+
+
+def _interrupt_callback(trainer: L.Trainer) -> InterruptCheckpoint | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+
+
+def _fit_or_interrupt(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
+) -> None:
+    """`trainer.fit`; a SIGTERM/SIGINT, wherever it landed, becomes `TrainingInterrupted`
+    carrying the step reached and the checkpoint holding it (see `ddpm_unet.callbacks.signals`).
+    """
+    saver = _interrupt_callback(trainer)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except (signals.TrainingInterrupted, SIGTERMException, KeyboardInterrupt) as err:
+        signum = signals.received() or getattr(err, "signum", None)
+        if signum is None:
+            raise  # a KeyboardInterrupt without our handler (e.g. a library call): not ours
+        path = saver.saved_path if saver is not None else None
+        raise signals.TrainingInterrupted(signum, trainer.global_step, path) from err
+    signum = signals.received()
+    if signum is not None:  # arrived after training ended (teardown): the final state, saved
+        path = saver.save(trainer) if saver is not None else None
+        raise signals.TrainingInterrupted(signum, trainer.global_step, path)
+
+
+@rank_zero_only
+def log_run_summary(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+    """One block at the end of the run (train.log and screen): metrics and where the files are."""
+    lines = [f"Run summary: {trainer.global_step} steps, {trainer.current_epoch} epochs"]
+    for key in sorted(metrics):
+        value = metrics[key]
+        if not key.startswith("best/") and isinstance(value, float):
+            lines.append(f"  {key}: {value:.6g}")
+    for ckpt_cb in trainer.checkpoint_callbacks:
+        if isinstance(ckpt_cb, ModelCheckpoint):
+            if ckpt_cb.monitor and ckpt_cb.best_model_path:
+                score = ckpt_cb.best_model_score
+                score_text = f"{float(score):.6g}" if score is not None else "?"
+                lines.append(f"  best {ckpt_cb.monitor} ({score_text}): {ckpt_cb.best_model_path}")
+            if ckpt_cb.last_model_path:
+                lines.append(f"  last checkpoint: {ckpt_cb.last_model_path}")
+    for cb in trainer.callbacks:
+        if isinstance(cb, SampleGrid) and cb.last_grid_path is not None:
+            lines.append(f"  final samples: {cb.last_grid_path}")
+    log.info("\n".join(lines))
 
 
 def _finish_wandb() -> None:
@@ -114,9 +179,33 @@ def run(cfg: DictConfig) -> float:
     """
     output_dir = cfg.paths.output_dir
     start = time.time()
+    # Before anything is written (status.json included): an earlier run's folder is not reused
+    # without ckpt_path.
+    check_run_folder(output_dir, cfg.get("ckpt_path"))
     try:
-        with isolated_distributed_job():
+        with signals.deferred_signals(), isolated_distributed_job():
             metrics = fit(cfg)
+    except signals.TrainingInterrupted as stop:
+        write_status(
+            output_dir,
+            {
+                "status": "interrupted",
+                "signal": signals.signal_name(stop.signum),
+                "step": stop.step,
+                "checkpoint": stop.checkpoint,
+                "resume": f"ckpt_path={stop.checkpoint}" if stop.checkpoint else None,
+                "wall_s": time.time() - start,
+            },
+        )
+        log.warning(
+            "%s: stopped at step %s; %s",
+            signals.signal_name(stop.signum),
+            stop.step,
+            f"resume with ckpt_path={stop.checkpoint}" if stop.checkpoint else "nothing saved",
+        )
+        # 128 + signal number, as a shell reports a process ended by that signal (130, 143);
+        # `train && eval` then stops, also in a multirun.
+        raise SystemExit(128 + stop.signum) from None
     except Exception as err:
         write_status(
             output_dir,

@@ -1,6 +1,25 @@
-"""Training callbacks: sample grids, throughput (FID is in `ddpm_unet.callbacks.fid`)."""
+"""Training callbacks: sample grids, throughput, and what keeps a run's files right (checkpoints
+of the newest finite state, atomic saves, exact resume, signals, divergence). FID is in
+`ddpm_unet.callbacks.fid`."""
 
+from ddpm_unet.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
+from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint, LastStateCheckpoint
+from ddpm_unet.callbacks.divergence import NonFiniteLossGuard, TrainingDivergedError
+from ddpm_unet.callbacks.resume_state import ResumeState
 from ddpm_unet.callbacks.sample_grid import SampleGrid, images_to_grid
+from ddpm_unet.callbacks.signals import TrainingInterrupted
 from ddpm_unet.callbacks.throughput import ImagesPerSecond
 
-__all__ = ["ImagesPerSecond", "SampleGrid", "images_to_grid"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointSaveError",
+    "ImagesPerSecond",
+    "InterruptCheckpoint",
+    "LastStateCheckpoint",
+    "NonFiniteLossGuard",
+    "ResumeState",
+    "SampleGrid",
+    "TrainingDivergedError",
+    "TrainingInterrupted",
+    "images_to_grid",
+]

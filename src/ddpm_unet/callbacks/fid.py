@@ -42,11 +42,13 @@ import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
 from ddpm_unet.metrics.inception import resolve_inception_weights
 from ddpm_unet.metrics.reference_stats import select_indices
 from ddpm_unet.models.diffusion import SamplerName
+from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class FIDCallback(L.Callback):
         inception_weights: path of the weights file (see `ddpm_unet.metrics.inception`).
         download: allow downloading the weights into torch.hub's cache when they are missing.
         subset_seed: seed of the choice of `num_real` real images.
+        progress: progress bars on rank zero (real features once, then sampling and fake
+            features at each evaluation), so a long FID epoch does not look like a hang.
     """
 
     def __init__(
@@ -112,16 +116,17 @@ class FIDCallback(L.Callback):
         inception_weights: str | os.PathLike[str] | None = None,
         download: bool = True,
         subset_seed: int = 0,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
-            raise ValueError(f"callbacks.fid.every_n_epochs={every_n_epochs} must be >= 1.")
+            raise UserError(f"callbacks.fid.every_n_epochs={every_n_epochs} must be >= 1.")
         if num_samples < 2:
-            raise ValueError(f"callbacks.fid.num_samples={num_samples} must be >= 2 for FID.")
+            raise UserError(f"callbacks.fid.num_samples={num_samples} must be >= 2 for FID.")
         if feature not in FEATURE_DIMS:
-            raise ValueError(f"callbacks.fid.feature={feature} must be one of {FEATURE_DIMS}.")
+            raise UserError(f"callbacks.fid.feature={feature} must be one of {FEATURE_DIMS}.")
         if real_split not in ("train", "val"):
-            raise ValueError(f"callbacks.fid.real_split={real_split!r} must be 'train' or 'val'.")
+            raise UserError(f"callbacks.fid.real_split={real_split!r} must be 'train' or 'val'.")
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.num_real = num_real
@@ -136,6 +141,7 @@ class FIDCallback(L.Callback):
         self.compute_kid = compute_kid
         self.kid_subset_size = kid_subset_size
         self.subset_seed = subset_seed
+        self.progress = progress
         # Resolved now: a missing file stops the run before any training or sampling.
         self.weights_path = resolve_inception_weights(
             inception_weights,
@@ -202,12 +208,15 @@ class FIDCallback(L.Callback):
 
     # ------------------------------------------------------------------ the work
     @torch.no_grad()
-    def features(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def features(
+        self, images: torch.Tensor, device: torch.device, show: bool = False
+    ) -> torch.Tensor:
         """uint8 `[N, 1 or 3, H, W]` -> Inception features `[N, feature]` (float32), in batches."""
         assert self.inception is not None
         self.inception.to(device)
         out = []
-        for start in range(0, images.shape[0], self.inception_batch_size):
+        starts = range(0, images.shape[0], self.inception_batch_size)
+        for start in tqdm(starts, desc="FID: generated images' features", disable=not show):
             batch = to_rgb(images[start : start + self.inception_batch_size]).to(device)
             out.append(self.inception(batch).float())
         return torch.cat(out)
@@ -237,15 +246,16 @@ class FIDCallback(L.Callback):
             self.reset(pl_module.device)
         device = pl_module.device
         rank, world = trainer.global_rank, trainer.world_size
+        show = self.progress and trainer.is_global_zero
         if self.num_samples < 2 * world:
-            raise ValueError(
+            raise UserError(
                 f"callbacks.fid.num_samples={self.num_samples} leaves fewer than 2 samples per "
                 f"rank on {world} ranks."
             )
         if not self._real_done:
             real, self._num_real_total = self.real_images(trainer)
             loader = DataLoader(real, batch_size=self.inception_batch_size, shuffle=False)
-            for batch in loader:
+            for batch in tqdm(loader, desc="FID: real images' features", disable=not show):
                 self._update(self.features(to_uint8(batch), device), real=True)
             self._real_done = True
 
@@ -257,8 +267,9 @@ class FIDCallback(L.Callback):
             self.eta,
             seed=self.seed + rank,
             batch_size=self.batch_size,
+            progress=show,
         )
-        self._update(self.features(to_uint8(images), device), real=False)
+        self._update(self.features(to_uint8(images), device, show), real=False)
 
         fid = self.fid.compute()
         kid = None

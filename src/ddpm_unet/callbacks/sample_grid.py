@@ -5,23 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+import numpy as np
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
 
 from ddpm_unet.models.diffusion import SamplerName
+from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
 
-
-def images_to_grid(images: torch.Tensor, nrow: int, upscale: int = 1) -> torch.Tensor:
-    """`[N, C, H, W]` in [-1, 1] -> one `[3 or C, H', W']` grid in [0, 1], `upscale`d (nearest).
-
-    Tiny images (8x8 digits) are upscaled so the PNG is readable without zooming.
-    """
-    images = (images.float().clamp(-1, 1) + 1) / 2
-    if upscale > 1:
-        images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
-    return make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
+__all__ = ["SampleGrid", "images_to_grid", "log_grid"]
 
 
 class SampleGrid(L.Callback):
@@ -47,7 +39,7 @@ class SampleGrid(L.Callback):
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 1.")
+            raise UserError(f"every_n_epochs={every_n_epochs} must be >= 1.")
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
@@ -82,15 +74,26 @@ class SampleGrid(L.Callback):
         images = pl_module.sample_images(
             self.num_samples, self.sampler, self.steps, self.eta, seed=self.seed
         )
-        grid = images_to_grid(images, self.nrow, self.upscale)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        # One conversion to 8-bit pixels: the PNG and every logger show the same values.
+        pixels = grid_to_uint8(images_to_grid(images, self.nrow, self.upscale))
         filename = f"{name}_step_{trainer.global_step:07d}.png" if name != "final" else "final.png"
-        path = self.output_dir / filename
-        save_image(grid, path)
-        self.last_grid_path = path
+        self.last_grid_path = save_png(pixels, self.output_dir / filename)
         self._last_sampled_step = trainer.global_step
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=trainer.global_step, caption=[name])
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, global_step=trainer.global_step)
+        log_grid(trainer.loggers, "samples", pixels, trainer.global_step, caption=name)
+
+
+def log_grid(
+    loggers: list[Logger], key: str, pixels: np.ndarray, step: int, caption: str = ""
+) -> None:
+    """Send one uint8 grid (`[H, W, C]` or `[H, W]`, 0-255) to every logger that takes images.
+
+    W&B reads a uint8 array as 0-255 pixels as it is (a float array in [0, 1] would come out
+    black). TensorBoard is told the layout (`dataformats`): it leaves uint8 unscaled. Loggers
+    without images (CSV) are skipped.
+    """
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key, [pixels], step=step, caption=[caption])
+        elif isinstance(logger, TensorBoardLogger):
+            layout = "HWC" if pixels.ndim == 3 else "HW"
+            logger.experiment.add_image(key, pixels, global_step=step, dataformats=layout)

@@ -11,17 +11,20 @@ import lightning as L
 class ImagesPerSecond(L.Callback):
     """Logs the images processed per second by all ranks together, averaged over each epoch.
 
-    Timed from the first batch's start to the last batch's end of the epoch, so data loading is
-    included (it is part of what a user waits for) and validation is not.
+    Timed from the first batch's start to the last batch's end of the epoch, so data loading
+    between batches is included (it is part of what a user waits for). Validation, sample grids
+    and FID all run after the last batch has ended (Lightning validates inside the training
+    epoch, before `on_train_epoch_end`), so they are not: the figure compares training speed.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._start: float | None = None
+        self._last_end: float | None = None
         self._images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._images = None, 0
+        self._start, self._last_end, self._images = None, None, 0
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -38,9 +41,10 @@ class ImagesPerSecond(L.Callback):
         batch_idx: int,
     ) -> None:
         self._images += batch.shape[0] * trainer.world_size
+        self._last_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._start is None or self._images == 0:
+        if self._start is None or self._last_end is None or self._images == 0:
             return
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._last_end - self._start
         pl_module.log("train/img_per_s", self._images / max(elapsed, 1e-9), rank_zero_only=True)

@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ddpm_unet.data.datasets import (
     DATASET_NAMES,
@@ -25,6 +26,7 @@ from ddpm_unet.data.datasets import (
     random_split_indices,
 )
 from ddpm_unet.data.folder import ImageFolderDataset, list_folder_images
+from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,48 @@ def per_device_batch_size(batch_size: int, world_size: int) -> int:
     if batch_size % world_size:
         lower = batch_size // world_size * world_size
         options = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
-        raise ValueError(
+        raise UserError(
             f"data.batch_size={batch_size} is the global batch size and must be divisible by the "
             f"world size {world_size} (devices x nodes); set data.batch_size to a multiple of "
             f"{world_size}, e.g. {options}, or change the number of devices."
         )
     return batch_size // world_size
+
+
+class ResumableRandomSampler(Sampler[int]):
+    """A shuffle whose order is a function of `(seed, epoch)`, that can start mid-epoch.
+
+    `torch`'s `RandomSampler` draws each epoch's order from the global RNG, so after a resume the
+    order differs, and Lightning cannot skip the batches an interrupted epoch already used.
+    Here epoch `e` is `randperm(n)` from a generator seeded with `(seed, e)`; `set_epoch` (called
+    by Lightning before each epoch) picks the epoch, and `skip` indices are left out of the first
+    pass over `skip_epoch` (the rest of an interrupted epoch). No global RNG is drawn from.
+    """
+
+    def __init__(
+        self, n: int, seed: int, epoch: int = 0, skip: int = 0, skip_epoch: int | None = None
+    ) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = epoch
+        self.skip = skip
+        self.skip_epoch = epoch if skip_epoch is None else skip_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> list[int]:
+        """The indices of `epoch`, in order."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def __iter__(self):  # a generator: the order is fixed at the first item, after set_epoch
+        start = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip = 0
+        yield from self.order(self.epoch)[start:]
+
+    def __len__(self) -> int:
+        return self.n  # a full epoch: Lightning counts an epoch's batches from it
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -127,6 +165,9 @@ class ImageDataModule(L.LightningDataModule):
         self.val_dataset: ImageDataset | PrecomputedImages | None = None
         # (source, indices) per split, kept to build reference datasets with another transform.
         self._sources: dict[str, tuple[Dataset[Any], list[int]]] = {}
+        # Data order (see ResumableRandomSampler): its seed, and where a resumed run starts.
+        self.sampler_seed: int | None = None
+        self._resume: tuple[int, int] = (0, 0)  # (epoch, batches already done in it)
 
     # ---------------------------------------------------------------------------------------
     # Lightning hooks
@@ -189,7 +230,25 @@ class ImageDataModule(L.LightningDataModule):
                 len(train) // self.world_size,
                 self.batch_size_per_device,
             )
-        return self._loader(train, shuffle=True, drop_last=drop_last)
+        if self.world_size > 1:
+            # Lightning swaps in a DistributedSampler (order seeded per epoch; a resumed epoch
+            # restarts from its first batch).
+            return self._loader(train, shuffle=True, drop_last=drop_last)
+        if self.sampler_seed is None:
+            # The run's seed (seed_everything), so `seed=` changes the order; stored in checkpoints.
+            self.sampler_seed = torch.initial_seed() % 2**31
+        epoch, batches_done = self._resume
+        sampler = ResumableRandomSampler(
+            len(train), self.sampler_seed, epoch, skip=batches_done * self.batch_size_per_device
+        )
+        return self._loader(train, shuffle=False, drop_last=drop_last, sampler=sampler)
+
+    def resume_at(self, epoch: int, batches_done: int, sampler_seed: int | None) -> None:
+        """Start training at `batches_done` batches into `epoch`, in the order of `sampler_seed`
+        (called by `ddpm_unet.callbacks.ResumeState` when a checkpoint is loaded)."""
+        self._resume = (epoch, batches_done)
+        if sampler_seed is not None:
+            self.sampler_seed = int(sampler_seed)
 
     def val_dataloader(self) -> DataLoader:
         """Batches `[<= batch_size_per_device, C, H, W]` in a fixed order, all images kept."""
@@ -199,7 +258,7 @@ class ImageDataModule(L.LightningDataModule):
         """The images of `split` ("train" or "val") as `[C, H, W]` in [-1, 1], never flipped:
         the real images to compare samples with (FID/KID)."""
         if split not in ("train", "val"):
-            raise ValueError(f"split={split!r} must be 'train' or 'val'.")
+            raise UserError(f"split={split!r} must be 'train' or 'val'.")
         self._require(split)
         return self._images(split, flip=False)
 
@@ -236,11 +295,20 @@ class ImageDataModule(L.LightningDataModule):
         assert dataset is not None
         return dataset
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Sampler | None = None
+    ) -> DataLoader:
+        generator = None
+        if sampler is not None:
+            # Worker seeds come from this generator, not from the global RNG, which then only the
+            # training steps draw from (what an exact resume restores).
+            generator = torch.Generator().manual_seed(sampler.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
             shuffle=shuffle,
+            sampler=sampler,
+            generator=generator,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -265,30 +333,30 @@ def _validate_arguments(
 ) -> None:
     """Fail at construction, with the offending value and the fix, not deep inside training."""
     if dataset not in DATASET_NAMES:
-        raise ValueError(
+        raise UserError(
             f"data.dataset={dataset!r} is unknown; use one of {', '.join(DATASET_NAMES)}."
         )
     if image_channels not in (1, 3) or not _is_int(image_channels):
-        raise ValueError(
+        raise UserError(
             f"data.image_channels={image_channels!r} is not supported; use 1 (grey) or 3 (RGB)."
         )
     if not _is_int(image_size) or image_size < 1:
-        raise ValueError(
+        raise UserError(
             f"data.image_size={image_size!r} must be a positive integer (pixels per side), e.g. 32."
         )
     if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"data.batch_size={batch_size!r} must be a positive integer, e.g. 128.")
+        raise UserError(f"data.batch_size={batch_size!r} must be a positive integer, e.g. 128.")
     if not _is_int(num_workers) or num_workers < 0:
-        raise ValueError(
+        raise UserError(
             f"data.num_workers={num_workers!r} must be an integer >= 0 (0 loads in the main "
             f"process)."
         )
     if not isinstance(val_fraction, int | float) or not 0.0 < val_fraction < 1.0:
-        raise ValueError(
+        raise UserError(
             f"data.val_fraction={val_fraction!r} must be strictly between 0 and 1, e.g. 0.05."
         )
     if max_bad_files is not None and (not _is_int(max_bad_files) or max_bad_files < 0):
-        raise ValueError(
+        raise UserError(
             f"data.max_bad_files={max_bad_files!r} must be null (skip any number of unreadable "
             f"files) or an integer >= 0."
         )

@@ -33,6 +33,8 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.datasets.vision import VisionDataset
 from torchvision.transforms import v2
 
+from ddpm_unet.utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "celeba", "folder")
@@ -53,7 +55,7 @@ without one, and a training job that hangs before its first step is worse than o
 CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FileNotFoundError, UserError):
     """The dataset's files are missing or corrupt; the message names the paths and the fix."""
 
 
@@ -210,7 +212,7 @@ def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[i
     val. The same `(n, val_fraction, seed)` always gives the same split, on every rank."""
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise ValueError(
+        raise UserError(
             f"cannot split {n} image(s) into train and val with val_fraction={val_fraction}: "
             f"at least one image must be left for training; add images or lower val_fraction."
         )
@@ -386,7 +388,7 @@ def load_torchvision_split(name: str, root: str | os.PathLike[str], split: str) 
     `DatasetNotFoundError` when the files are missing.
     """
     if split not in ("train", "val"):
-        raise ValueError(f"split={split!r} must be 'train' or 'val'.")
+        raise UserError(f"split={split!r} must be 'train' or 'val'.")
     ensure_torchvision_dataset(name, root, download=False)
     cls = TORCHVISION_DATASETS[name]
     root = os.fspath(root)

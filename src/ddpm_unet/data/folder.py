@@ -4,24 +4,27 @@ Unlike torchvision's `ImageFolder`, no class sub-folders are required: images ma
 in the folder or at any depth below it. Files are listed in sorted path order, so the index of an
 image (and hence the seeded train/val split) is the same on every machine.
 
-Corrupt files: at construction every candidate file is opened and checked with PIL's
-`Image.verify()` (header and, for PNG, chunk checksums; cheap, as it decodes no pixels). Files
-that fail are skipped, and one warning is logged with their count and first few paths. If more
-than `max_bad_files` fail (`None`: any number may), or none is readable, `CorruptImagesError`
-names them. A file that passes `verify()` but still fails to decode later (e.g. a truncated JPEG)
-raises `CorruptImagesError` naming it when it is loaded.
+Corrupt files: at construction every candidate file is checked with PIL's `Image.verify()`
+(header and, for PNG, chunk checksums) and then decoded in full (`load()`), in a few threads.
+`verify()` alone decodes no pixels, so a truncated JPEG passes it and would only fail when a
+DataLoader worker reads it, mid-epoch, as a worker traceback. Files that fail are skipped, and
+one warning is logged with their count and first few paths. If more than `max_bad_files` fail
+(`None`: any number may), or none is readable, `CorruptImagesError` names them. A file that
+changes after set-up and then fails to decode raises `CorruptImagesError` naming it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ddpm_unet.data.datasets import DatasetNotFoundError, resolve_root
+from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +32,11 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 """File name endings (any case) that count as images; everything else is ignored."""
 
 _LISTED_IN_ERRORS = 20  # how many bad paths an error message names before "... and N more"
+# Threads decoding files at set-up: PIL's decoders release the GIL, so threads overlap.
+_CHECK_THREADS = min(8, os.cpu_count() or 1)
 
 
-class CorruptImagesError(ValueError):
+class CorruptImagesError(UserError):
     """Image files that PIL cannot read; the message names them and the fix."""
 
 
@@ -55,10 +60,19 @@ def find_image_files(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS)
 
 
 def is_readable_image(path: Path) -> bool:
-    """Whether PIL can identify `path` and `verify()` finds no damage (no pixels decoded)."""
+    """Whether PIL can identify `path`, `verify()` finds no damage, and every pixel decodes.
+
+    JPEGs are decoded at reduced scale (`draft`): every byte of the file is still read and
+    entropy-decoded, so truncation and corrupt data are found, in about half the time. Assumes
+    PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` is False (its default): when some other code sets it,
+    PIL pads truncated files with grey and they pass.
+    """
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.verify()  # PNG chunk checksums, which load() does not check
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))  # JPEG only (a no-op elsewhere): 1/8-scale decode
+            image.load()
     # Any exception: PIL reports damage as OSError, SyntaxError, ValueError, struct.error or
     # DecompressionBombError depending on the format; all mean "not usable as training data".
     except Exception:
@@ -96,8 +110,10 @@ class ImageFolderDataset(Dataset[Image.Image]):
         candidates = list_folder_images(self.root, extensions)
         self.files: list[Path] = []
         self.bad_files: list[Path] = []
-        for path in candidates:
-            (self.files if is_readable_image(path) else self.bad_files).append(path)
+        with ThreadPoolExecutor(max_workers=_CHECK_THREADS) as pool:
+            readable = list(pool.map(is_readable_image, candidates))
+        for path, ok in zip(candidates, readable, strict=True):
+            (self.files if ok else self.bad_files).append(path)
 
         if self.bad_files:
             log.warning(
@@ -134,8 +150,8 @@ class ImageFolderDataset(Dataset[Image.Image]):
                 return ImageOps.exif_transpose(image)
         except Exception as err:
             raise CorruptImagesError(
-                f"{path} passed the check at setup but cannot be decoded ({err}); "
-                f"delete or re-export it."
+                f"{path} was readable at set-up but cannot be decoded now ({err}): it changed "
+                "during the run; restore, delete or re-export it."
             ) from err
 
 

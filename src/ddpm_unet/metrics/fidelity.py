@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ddpm_unet.utils.errors import UserError
 
 FEATURE_EXTRACTOR = "inception-v3-compat"
 """torch-fidelity's name of the InceptionV3 extractor (also used by torchmetrics)."""
@@ -100,6 +103,11 @@ class UInt8RGBView(Dataset[torch.Tensor]):
         return to_rgb(to_uint8(image.unsqueeze(0))[0]).contiguous()
 
 
+def default_cache_root() -> Path:
+    """torch-fidelity's default cache folder, `$TORCH_HOME/fidelity_cache`."""
+    return Path(torch.hub.get_dir()).parent / "fidelity_cache"
+
+
 def fidelity_metrics(
     samples: Dataset[torch.Tensor],
     reference: Dataset[torch.Tensor],
@@ -134,8 +142,9 @@ def fidelity_metrics(
         feature_layer_fid, feature_layer_kid: Inception layer of FID/KID ("64", "192", "768",
             "2048"; KID defaults to FID's layer).
         kid_subset_size: clamped to the smaller set's size (torch-fidelity refuses larger ones).
-        reference_cache_name: when given, torch-fidelity caches the reference features under
-            this name in `cache_root` and reads them back next time (see `reference_stats`).
+        reference_cache_name: when given, the reference features are cached under this name in
+            `cache_root` (default `$TORCH_HOME/fidelity_cache`) as `.npz` files and read back
+            next time (see `reference_stats.torch_fidelity_cache`).
         save_cpu_ram: load in the main process (no DataLoader workers) and compute
             precision/recall in parts.
         extra: further `calculate_metrics` keyword arguments.
@@ -148,7 +157,7 @@ def fidelity_metrics(
 
     n_samples, n_reference = len(samples), len(reference)  # type: ignore[arg-type]
     if (fid or kid or prc) and min(n_samples, n_reference) < 2:
-        raise ValueError(
+        raise UserError(
             f"FID/KID need at least 2 images per set, got {n_samples} samples and {n_reference} "
             "reference images."
         )
@@ -177,12 +186,19 @@ def fidelity_metrics(
         "input2_cache_name": reference_cache_name,
         **extra,
     }
-    if cache_root is not None:
-        kwargs["cache_root"] = os.fspath(cache_root)
     if isc and n_samples < isc_splits:
-        raise ValueError(
+        raise UserError(
             f"the Inception Score splits the {n_samples} samples into isc_splits={isc_splits} "
             "groups: use more samples or fewer splits."
         )
-    raw = torch_fidelity.calculate_metrics(**kwargs)
+    if reference_cache_name is None:
+        raw = torch_fidelity.calculate_metrics(**kwargs)
+    else:
+        # torch-fidelity unpickles its cache files unrestricted: it gets a private folder
+        # holding only files written from validated arrays, never the cache folder itself.
+        from ddpm_unet.metrics.reference_stats import torch_fidelity_cache
+
+        root = cache_root if cache_root is not None else default_cache_root()
+        with torch_fidelity_cache(root, reference_cache_name) as private_root:
+            raw = torch_fidelity.calculate_metrics(**kwargs, cache_root=os.fspath(private_root))
     return {_RESULT_KEYS.get(k, k): float(v) for k, v in raw.items()}

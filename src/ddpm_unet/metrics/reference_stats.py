@@ -2,9 +2,17 @@
 
 The reference side of FID is the same for every evaluation of every checkpoint trained on one
 dataset, and on a CPU it is the slow side (50,000 CIFAR-10 images through InceptionV3). So its
-features are computed once and cached with torch-fidelity's own cache (`cache=True`,
-`input2_cache_name=<name>`, `cache_root=<dir>`): files `<name>-inception-v3-compat-features-
-<layer>.pt` (or `-stat-fid-<layer>.pt` when only FID is asked for).
+features are computed once and cached: files `<name>-inception-v3-compat-features-<layer>.npz`
+(key `tensor`, float `[N, D]`) and `<name>-inception-v3-compat-stat-fid-<layer>.npz` (keys `mu`
+`[D]`, `sigma` `[D, D]`), torch-fidelity's cache entries under its own names.
+
+The cache folder is data, never code: torch-fidelity unpickles its cache files without
+restriction, so it never sees the folder. Entries are `.npz` files read with
+`np.load(allow_pickle=False)` (numbers only); `torch_fidelity_cache` copies the valid ones into a
+private folder that torch-fidelity uses as its `cache_root` for one call, and stores what it
+computed there back as `.npz`. An unreadable entry (empty, truncated, damaged, pickled objects,
+unexpected arrays) is deleted with one warning naming it and recomputed; `validate_reference_cache`
+does this check before the (slow) sampling of `eval.py`.
 
 The cache name has to change whenever the statistics would:
 
@@ -24,16 +32,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Mapping
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, UInt8RGBView
 from ddpm_unet.metrics.inception import weights_fingerprint
+from ddpm_unet.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_SUFFIX = ".npz"
+"""Cache entries are numpy archives: numbers only, nothing to unpickle."""
 
 UINT8_CONVERSION = "round((x+1)*127.5), grey->RGB by replication, v1"
 """Part of the cache key: change it when `to_uint8`/`to_rgb` change."""
@@ -49,7 +68,7 @@ def select_indices(total: int, num: int | None, seed: int = 0) -> list[int]:
     if num is None or num >= total:
         return list(range(total))
     if num < 1:
-        raise ValueError(f"number of reference images {num} must be >= 1 (or null for all).")
+        raise UserError(f"number of reference images {num} must be >= 1 (or null for all).")
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(total, generator=generator)[:num].tolist())
 
@@ -158,7 +177,7 @@ def reference_cache_name(
 
 
 def cache_files(cache_root: str | os.PathLike[str], cache_name: str) -> dict[str, int]:
-    """The torch-fidelity cache files of `cache_name` in `cache_root`, with their mtimes (ns)."""
+    """The cache entries (`.npz`) of `cache_name` in `cache_root`, with their mtimes (ns)."""
     root = Path(cache_root)
     if not root.is_dir():
         return {}
@@ -166,8 +185,134 @@ def cache_files(cache_root: str | os.PathLike[str], cache_name: str) -> dict[str
     return {
         p.name: p.stat().st_mtime_ns
         for p in root.iterdir()
-        if p.name.startswith(prefix) and p.suffix == ".pt"
+        if p.name.startswith(prefix) and p.suffix == CACHE_SUFFIX and p.is_file()
     }
+
+
+CacheItem = torch.Tensor | dict[str, np.ndarray]
+"""A torch-fidelity cache item: features `[N, D]` (tensor) or FID statistics `{mu, sigma}`."""
+
+
+def read_cache_entry(path: str | os.PathLike[str]) -> CacheItem:
+    """One cache entry as torch-fidelity holds it in memory, read from its `.npz` file.
+
+    `np.load(allow_pickle=False)`: the file can hold numbers only. Key `tensor` (float `[N, D]`
+    features) gives a tensor; keys `mu` (`[D]`) and `sigma` (`[D, D]`) the FID statistics dict.
+
+    Raises:
+        ValueError, OSError, EOFError, zipfile.BadZipFile: not such a file (see `_cache_problem`).
+    """
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"a single array {loaded.shape}, not an .npz archive")
+    with loaded:
+        arrays = {key: loaded[key] for key in loaded.files}
+    if not all(np.issubdtype(a.dtype, np.floating) for a in arrays.values()):
+        raise ValueError(f"arrays of dtype {[str(a.dtype) for a in arrays.values()]}, not floats")
+    if set(arrays) == {"tensor"} and arrays["tensor"].ndim == 2:
+        return torch.from_numpy(arrays["tensor"])
+    if set(arrays) == {"mu", "sigma"}:
+        mu, sigma = arrays["mu"], arrays["sigma"]
+        if mu.ndim == 1 and sigma.shape == (len(mu), len(mu)):
+            return {"mu": mu, "sigma": sigma}
+    shapes = {key: list(a.shape) for key, a in arrays.items()}
+    raise ValueError(f"arrays {shapes}, not features [N, D] or FID statistics mu [D], sigma [D, D]")
+
+
+def write_cache_entry(path: str | os.PathLike[str], item: CacheItem) -> None:
+    """Store a torch-fidelity cache item as `.npz` (see `read_cache_entry`), atomically: written
+    beside `path`, then renamed, so a killed run never leaves half a file under its name."""
+    if isinstance(item, torch.Tensor):
+        arrays = {"tensor": item.detach().cpu().numpy()}
+    else:
+        arrays = {"mu": np.asarray(item["mu"]), "sigma": np.asarray(item["sigma"])}
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _cache_problem(path: Path, err: BaseException) -> str:
+    """Why cache entry `path` is unusable, in words (never a loader's advice to unpickle)."""
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    if isinstance(err, ValueError) and "pickle" in str(err):
+        return "it holds pickled Python objects, which the cache never does (not unpickled)"
+    if isinstance(err, zipfile.BadZipFile | EOFError):
+        return "it is not a complete .npz archive (truncated or damaged)"
+    if isinstance(err, ValueError):
+        return f"it holds {err}"
+    return f"it cannot be read ({type(err).__name__})"
+
+
+def _valid_entries(
+    cache_root: str | os.PathLike[str], cache_name: str
+) -> Iterator[tuple[Path, CacheItem]]:
+    """`(path, item)` for each readable entry of `cache_name`; an unreadable one is deleted with
+    one warning naming it (torch-fidelity then recomputes it)."""
+    root = Path(cache_root)
+    for name in sorted(cache_files(root, cache_name)):
+        path = root / name
+        try:
+            item = read_cache_entry(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
+            log.warning(
+                "FID reference cache entry %s is unusable: %s; deleted, it will be recomputed.",
+                path,
+                _cache_problem(path, err),
+            )
+            path.unlink(missing_ok=True)
+            continue
+        yield path, item
+
+
+def validate_reference_cache(cache_root: str | os.PathLike[str], cache_name: str) -> list[Path]:
+    """Read every cache entry of `cache_name` now; delete (with a warning) the unreadable ones.
+
+    Called by `eval.py` before sampling, so a damaged entry costs a recomputation, never a
+    failure after the slow part. Returns the valid entries.
+    """
+    return [path for path, _ in _valid_entries(cache_root, cache_name)]
+
+
+@contextmanager
+def torch_fidelity_cache(cache_root: str | os.PathLike[str], cache_name: str) -> Iterator[Path]:
+    """A private `cache_root` for one torch-fidelity call on the reference set `cache_name`.
+
+    torch-fidelity unpickles its cache files without restriction; here it only ever reads
+    files written a moment before by this function from validated `.npz` arrays. Entries it
+    computes in the private folder are stored back into `cache_root` as `.npz` (read as data,
+    `weights_only=True`) when the call succeeds. The folder is removed afterwards.
+    """
+    root = Path(cache_root)
+    root.mkdir(parents=True, exist_ok=True)
+    # Beside the cache (same filesystem): the features of 50,000 images are hundreds of MB.
+    with tempfile.TemporaryDirectory(prefix=".torch-fidelity-", dir=root) as folder:
+        private = Path(folder)
+        for path, item in _valid_entries(root, cache_name):
+            torch.save(item, private / f"{path.stem}.pt")
+        staged = {p.name for p in private.iterdir()}
+        yield private
+        for computed in sorted(private.glob(f"{cache_name}-*.pt")):
+            if computed.name not in staged:
+                write_cache_entry(root / f"{computed.stem}{CACHE_SUFFIX}", _read_computed(computed))
+
+
+def _read_computed(path: Path) -> CacheItem:
+    """An entry torch-fidelity has just written (a tensor or a dict of numpy arrays), read with
+    `weights_only=True`, numpy's array reconstruction allowed for the FID statistics."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+
+    allowed = [_reconstruct, np.ndarray, np.dtype, *(type(np.dtype(t)) for t in "fdeg")]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def write_cache_info(

@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ddpm_unet.utils.errors import UserError
+
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScheduleName = Literal["linear", "cosine"]
 SamplerName = Literal["ddpm", "ddim"]
@@ -38,10 +40,10 @@ def make_beta_schedule(
       betas clipped at 0.999 so the last step stays finite.
     """
     if num_timesteps < 1:
-        raise ValueError(f"num_timesteps={num_timesteps} must be at least 1.")
+        raise UserError(f"num_timesteps={num_timesteps} must be at least 1.")
     if name == "linear":
         if not 0.0 < beta_start <= beta_end < 1.0:
-            raise ValueError(
+            raise UserError(
                 f"linear schedule needs 0 < beta_start <= beta_end < 1, got "
                 f"beta_start={beta_start}, beta_end={beta_end}."
             )
@@ -51,7 +53,7 @@ def make_beta_schedule(
         alpha_bar = torch.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
         return betas.clamp(max=0.999)
-    raise ValueError(f"beta schedule {name!r} is unknown: use 'linear' or 'cosine'.")
+    raise UserError(f"beta schedule {name!r} is unknown: use 'linear' or 'cosine'.")
 
 
 def _extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -79,11 +81,11 @@ class GaussianDiffusion(nn.Module):
     ) -> None:
         super().__init__()
         if variance not in ("beta", "posterior"):
-            raise ValueError(f"variance={variance!r} must be 'beta' or 'posterior'.")
+            raise UserError(f"variance={variance!r} must be 'beta' or 'posterior'.")
         if loss_weighting not in ("uniform", "min_snr"):
-            raise ValueError(f"loss_weighting={loss_weighting!r} must be 'uniform' or 'min_snr'.")
+            raise UserError(f"loss_weighting={loss_weighting!r} must be 'uniform' or 'min_snr'.")
         if min_snr_gamma <= 0:
-            raise ValueError(f"min_snr_gamma={min_snr_gamma} must be > 0 (Hang et al. use 5).")
+            raise UserError(f"min_snr_gamma={min_snr_gamma} must be > 0 (Hang et al. use 5).")
         self.num_timesteps = num_timesteps
         self.schedule = schedule
         self.variance = variance
@@ -235,7 +237,7 @@ class GaussianDiffusion(nn.Module):
     def ddim_timesteps(self, steps: int) -> list[int]:
         """`steps` evenly spaced steps from `T - 1` down to 0 (DDIM's uniform skip)."""
         if not 1 <= steps <= self.num_timesteps:
-            raise ValueError(
+            raise UserError(
                 f"sampler steps={steps} must be between 1 and num_timesteps={self.num_timesteps}."
             )
         # Spacing (T - 1) / (steps - 1) >= 1, so the rounded steps are distinct; one step is T - 1.
@@ -266,13 +268,13 @@ class GaussianDiffusion(nn.Module):
         """
         device = next(iter(eps_model.parameters())).device
         if generator is not None and generator.device != device:
-            raise ValueError(
+            raise UserError(
                 f"generator is on {generator.device} but the model is on {device}: create it "
                 f"with torch.Generator(device={str(device)!r})."
             )
         if sampler == "ddpm":
             if steps not in (None, self.num_timesteps):
-                raise ValueError(
+                raise UserError(
                     f"sampler='ddpm' runs all num_timesteps={self.num_timesteps} steps, got "
                     f"steps={steps}; use sampler='ddim' for fewer steps."
                 )
@@ -280,7 +282,7 @@ class GaussianDiffusion(nn.Module):
         elif sampler == "ddim":
             timesteps = self.ddim_timesteps(50 if steps is None else steps)
         else:
-            raise ValueError(f"sampler={sampler!r} is unknown: use 'ddpm' or 'ddim'.")
+            raise UserError(f"sampler={sampler!r} is unknown: use 'ddpm' or 'ddim'.")
 
         x = (
             torch.randn(shape, device=device, generator=generator)

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ddpm_unet.models.diffusion import GaussianDiffusion, SamplerName
 from ddpm_unet.models.unet import UNet
+from ddpm_unet.utils.errors import UserError
 
 
 def _plain(value: Any) -> Any:
@@ -119,13 +120,13 @@ class LitDiffusion(L.LightningModule):
         super().__init__()
         net, diffusion, optimizer = _plain(net), _plain(diffusion or {}), _plain(optimizer or {})
         if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1), e.g. 0.9999.")
+            raise UserError(f"ema_decay={ema_decay} must be in [0, 1), e.g. 0.9999.")
         if warmup_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0.")
+            raise UserError(f"warmup_steps={warmup_steps} must be >= 0.")
         if lr_decay not in ("none", "cosine"):
-            raise ValueError(f"lr_decay={lr_decay!r} must be 'none' (DDPM) or 'cosine'.")
+            raise UserError(f"lr_decay={lr_decay!r} must be 'none' (DDPM) or 'cosine'.")
         if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1].")
+            raise UserError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1].")
         self.save_hyperparameters(
             {
                 "net": net,
@@ -147,7 +148,7 @@ class LitDiffusion(L.LightningModule):
         self.diffusion = GaussianDiffusion(**diffusion)
         factor = self.net.downsampling_factor
         if image_size % factor:
-            raise ValueError(
+            raise UserError(
                 f"image_size={image_size} is not divisible by {factor} = 2 ** (len(ch_mults) - 1) "
                 f"for ch_mults={list(self.net.ch_mults)}: set data.image_size to a multiple of "
                 f"{factor} or use fewer levels in model.net.ch_mults."
@@ -175,11 +176,15 @@ class LitDiffusion(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     # ----------------------------------------------------------------- training
-    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
-        """Batches `[batch, C, H, W]` in the weights' layout (NHWC with `channels_last`)."""
+    def _in_layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch `[batch, C, H, W]` in the weights' layout (NHWC with `channels_last`).
+
+        Done in the steps, not in `on_after_batch_transfer`: with a DataModule, Lightning warns
+        that the module's transfer hooks compete with the DataModule's."""
         return batch.contiguous(memory_format=self.memory_format)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        batch = self._in_layout(batch)
         loss = self.diffusion.loss(
             self.net if self._compiled_net is None else self._compiled_net, batch
         )
@@ -191,6 +196,7 @@ class LitDiffusion(L.LightningModule):
         self.ema.update_parameters(self.net)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        batch = self._in_layout(batch)
         # Fixed draws per batch index (made on the CPU, so identical on every device and epoch).
         gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (batch.shape[0],), generator=gen)
@@ -224,12 +230,12 @@ class LitDiffusion(L.LightningModule):
             return LRFactor(warmup)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ValueError(
+            raise UserError(
                 "model.lr_decay=cosine needs a known run length: set trainer.max_steps or "
                 "trainer.max_epochs, or use model.lr_decay=none."
             )
         if total <= warmup:
-            raise ValueError(
+            raise UserError(
                 f"model.lr_decay=cosine decays after the warm-up, but the run has only {total} "
                 f"optimiser steps and model.warmup_steps={warmup}: lower the warm-up or train "
                 f"longer."

@@ -1,7 +1,7 @@
 """The DDPM U-Net, block by block.
 
-This is the network the spec (`shared/spec/seed-unet-explained.txt`) walks through, with the fixes
-recorded in `DESIGN.md`:
+This is the network the spec walks through, with the departures explained in `docs/design.md`
+(where the spec and its quirks are described):
 
 * `ch_mults[i]` multiplies `n_channels` (not the previous level's channels);
 * `AttentionBlock` applies its GroupNorm (pre-norm) and attends with
@@ -23,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_unet.utils.errors import UserError
+
 AttentionBackend = Literal["sdpa", "einsum"]
 
 
 def _check_groups(name: str, channels: int, n_groups: int) -> None:
     """Raise a `ValueError` naming `name` when GroupNorm cannot split `channels` into groups."""
     if n_groups < 1 or channels % n_groups != 0:
-        raise ValueError(
+        raise UserError(
             f"{name}={channels} is not divisible by n_groups={n_groups}: GroupNorm needs every "
             f"group to hold the same number of channels. Choose n_groups dividing {channels} "
             f"or a channel count that is a multiple of {n_groups}."
@@ -50,7 +52,7 @@ class TimeEmbedding(nn.Module):
     def __init__(self, n_channels: int) -> None:
         super().__init__()
         if n_channels % 8 != 0 or n_channels < 16:
-            raise ValueError(
+            raise UserError(
                 f"TimeEmbedding n_channels={n_channels} must be a multiple of 8 and at least 16 "
                 "(it makes n_channels // 8 sine and as many cosine features)."
             )
@@ -155,16 +157,16 @@ class AttentionBlock(nn.Module):
     ) -> None:
         super().__init__()
         if n_heads < 1:
-            raise ValueError(f"n_heads={n_heads} must be at least 1.")
+            raise UserError(f"n_heads={n_heads} must be at least 1.")
         if d_k is None:
             if n_channels % n_heads != 0:
-                raise ValueError(
+                raise UserError(
                     f"n_channels={n_channels} is not divisible by n_heads={n_heads}; choose "
                     "n_heads dividing the channel count of every attention level, or give d_k."
                 )
             d_k = n_channels // n_heads
         if backend not in ("sdpa", "einsum"):
-            raise ValueError(f"backend={backend!r} must be 'sdpa' or 'einsum'.")
+            raise UserError(f"backend={backend!r} must be 'sdpa' or 'einsum'.")
         _check_groups("n_channels", n_channels, n_groups)
         self.norm = nn.GroupNorm(n_groups, n_channels)
         self.projection = nn.Linear(n_channels, n_heads * d_k * 3)
@@ -416,27 +418,27 @@ class UNet(nn.Module):
     ) -> None:
         """Reject configurations that would fail (or silently misbehave) later."""
         if image_channels < 1:
-            raise ValueError(f"image_channels={image_channels} must be at least 1.")
+            raise UserError(f"image_channels={image_channels} must be at least 1.")
         if len(ch_mults) == 0:
-            raise ValueError(
+            raise UserError(
                 "ch_mults=() is empty: give one channel multiplier per resolution, e.g. (1, 2, 2)."
             )
         if any(m < 1 for m in ch_mults):
-            raise ValueError(f"ch_mults={ch_mults}: every multiplier must be a positive integer.")
+            raise UserError(f"ch_mults={ch_mults}: every multiplier must be a positive integer.")
         if len(is_attn) != len(ch_mults):
-            raise ValueError(
+            raise UserError(
                 f"is_attn has {len(is_attn)} entries but ch_mults has {len(ch_mults)}: give one "
                 f"attention flag per resolution (is_attn={is_attn}, ch_mults={ch_mults})."
             )
         if n_blocks < 1:
-            raise ValueError(f"n_blocks={n_blocks} must be at least 1 (blocks per resolution).")
+            raise UserError(f"n_blocks={n_blocks} must be at least 1 (blocks per resolution).")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1).")
+            raise UserError(f"dropout={dropout} must be in [0, 1).")
         _check_groups("n_channels", n_channels, n_groups)
         for mult in ch_mults:
             _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
         if n_channels % 8 != 0:
-            raise ValueError(
+            raise UserError(
                 f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 "
                 "groups."
             )
@@ -450,7 +452,7 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         factor = self.downsampling_factor
         if height % factor or width % factor:
-            raise ValueError(
+            raise UserError(
                 f"image size {height}x{width} is not divisible by {factor} = 2 ** (len(ch_mults) "
                 f"- 1) for ch_mults={self.ch_mults}: resize the images to a multiple of {factor} "
                 "or use fewer resolutions."

@@ -8,27 +8,73 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from hydra.errors import InstantiationException
+
+from ddpm_unet.utils.errors import UserError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors that describe bad input (config values, missing files, corrupt data); their messages
 # name the value and the fix. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 TRACEBACK_ENV = "DDPM_UNET_TRACEBACK"
+
+
+def user_message(err: BaseException) -> str:
+    """The message of `err` without what a DataLoader worker adds around it.
+
+    A worker re-raises an error in the main process as the same type with the worker's whole
+    traceback as its message ("Caught X in DataLoader worker process 0. Original Traceback ...");
+    the user needs only the original message, its last part.
+    """
+    text = str(err)
+    marker = f"{type(err).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
 
 
 def report_user_error(err: BaseException) -> None:
     """Print `err` as `error: ...` on stderr and exit with status 2."""
-    print(f"\nerror: {err}\n(set {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
+    print(
+        f"\nerror: {user_message(err)}\n(set {TRACEBACK_ENV}=1 for the full traceback)",
+        file=sys.stderr,
+    )
     raise SystemExit(2)
 
 
+def unwrap_instantiation(err: BaseException) -> BaseException:
+    """The error a constructor raised, out of Hydra's `InstantiationException` wrapper(s).
+
+    Hydra's wrapper repeats the target's name and is printed after the list of every override;
+    the original error is what says what is wrong (and carries the useful traceback).
+    """
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def exit_on_user_error(func: F) -> F:
-    """Decorate a Hydra task function: user errors end the process with a clear message."""
+    """Decorate a Hydra task function: user errors end the process with a clear message.
+
+    A `UserError` (or a missing file) is printed as one line, exit status 2; with
+    `DDPM_UNET_TRACEBACK=1` it is raised with its traceback. Errors raised while Hydra builds
+    an object are unwrapped first. Anything else propagates with its traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except InstantiationException as wrapped:
+            err = unwrap_instantiation(wrapped)
+            if err is wrapped:
+                raise
+            if isinstance(err, USER_ERRORS) and not os.environ.get(TRACEBACK_ENV):
+                report_user_error(err)
+            # The original error, with its own traceback (the constructor's frames) and cause;
+            # not chained to the wrapper, which only repeats it.
+            raise err from err.__cause__
         except USER_ERRORS as err:
             if os.environ.get(TRACEBACK_ENV):
                 raise

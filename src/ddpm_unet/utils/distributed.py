@@ -39,6 +39,9 @@ def hydra_ddp_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
         "hydra.output_subdir=null",  # rank 0 already wrote .hydra/
         "hydra.mode=RUN",  # a sweep preset may set MULTIRUN; a rank runs one job
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        # rank 0 writes <run>/<task>.log; the others log to their console only (else every
+        # message of the run would be in the file once per rank)
+        "hydra.job_logging.root.handlers=[console]",
     ]
     return command, get_original_cwd()
 

@@ -7,6 +7,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
+from ddpm_unet.utils.errors import UserError
+
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list:
     if group is None:
@@ -18,7 +20,7 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list:
         if conf is None:  # disabled from the command line, e.g. callbacks.sample_grid=null
             continue
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
-            raise ValueError(
+            raise UserError(
                 f"{what}.{name} has no _target_: each entry of configs/{what}/ must name the "
                 "class to build (or be null to disable it)."
             )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from omegaconf import OmegaConf
+
+from ddpm_unet.utils.errors import UserError
 
 ATTN_PLACEMENTS = ("none", "lowest", "lowest_two", "all")
 
@@ -21,7 +24,7 @@ def attention_flags(ch_mults: Sequence[int], placement: str) -> list[bool]:
     """
     n = len(ch_mults)
     if placement not in ATTN_PLACEMENTS:
-        raise ValueError(
+        raise UserError(
             f"attn_placement={placement!r} is unknown: use one of {', '.join(ATTN_PLACEMENTS)}."
         )
     lowest = {"none": 0, "lowest": 1, "lowest_two": 2, "all": n}[placement]
@@ -33,10 +36,26 @@ def grid_upscale(image_size: int) -> int:
     return max(1, -(-32 // int(image_size)))
 
 
+def project_root() -> str:
+    """`$PROJECT_ROOT` (set by train.py/sample.py/eval.py to their folder), else the launch dir.
+
+    A resolver rather than `${oc.env:PROJECT_ROOT,${hydra:runtime.cwd}}`: OmegaConf resolves a
+    default before the lookup, and `hydra.sweep.dir` is computed before Hydra's runtime exists.
+    """
+    if os.environ.get("PROJECT_ROOT"):
+        return os.environ["PROJECT_ROOT"]
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
 def register_resolvers() -> None:
     """`${attn_at:<ch_mults>,<placement>}` -> list of bools (see `attention_flags`);
-    `${grid_upscale:<image_size>}` -> int (see `grid_upscale`)."""
+    `${grid_upscale:<image_size>}` -> int (see `grid_upscale`);
+    `${project_root:}` -> the project root (see `project_root`)."""
     if not OmegaConf.has_resolver("attn_at"):
         OmegaConf.register_new_resolver("attn_at", lambda m, p: attention_flags(list(m), str(p)))
     if not OmegaConf.has_resolver("grid_upscale"):
         OmegaConf.register_new_resolver("grid_upscale", grid_upscale)
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", project_root)

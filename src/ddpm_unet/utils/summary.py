@@ -18,6 +18,7 @@ import torchinfo
 from torchinfo.enums import Units
 
 from ddpm_unet.models.unet import UNet
+from ddpm_unet.utils.errors import UserError
 
 SUMMARY_COLUMNS = ("input_size", "output_size", "num_params")
 
@@ -33,12 +34,12 @@ def example_inputs(
     factor = model.downsampling_factor
     if image_size < 1 or image_size % factor:
         # Checked here because torchinfo would wrap the U-Net's own error in a generic one.
-        raise ValueError(
+        raise UserError(
             f"image_size={image_size} must be a positive multiple of {factor} = "
             f"2 ** (len(ch_mults) - 1) for ch_mults={model.ch_mults}."
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+        raise UserError(f"batch_size={batch_size} must be at least 1.")
     param = next(model.parameters())
     x = torch.randn(
         batch_size,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from ddpm_unet.utils.checkpoint import read_checkpoint
+
 
 def wandb_run_id_from_checkpoint(ckpt_path: str | Path) -> str | None:
-    """The W&B run id saved in a checkpoint by `LitDiffusion.on_save_checkpoint`, if any."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    return ckpt.get("wandb_run_id")
+    """The W&B run id saved in a checkpoint by `LitDiffusion.on_save_checkpoint`, if any.
+
+    Read as data only (`read_checkpoint`): a file that holds code raises `CheckpointError`.
+    """
+    run_id = read_checkpoint(ckpt_path).get("wandb_run_id")
+    # A run id is a short string; anything else was not written by this project: ignored.
+    return run_id if isinstance(run_id, str) and run_id else None
 
 
 def configure_wandb(cfg: DictConfig) -> None:

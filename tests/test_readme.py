@@ -1,0 +1,387 @@
+"""The README is a contract: every `python ...` / `make ...` command in it runs here, verbatim.
+
+The commands are read from README.md's fenced `bash` blocks (continuation lines joined, comments
+dropped) and run in order, in a fresh copy of the repository (its tracked and untracked,
+not-ignored files; the test suite's `.venv` is linked in), from the copy's root, with no path
+overrides. Only the documented shrinking overrides of `README.md#testing-the-readme` are
+appended (few steps, a tiny model, stand-in Inception weights, W&B offline). Commands that need
+what this machine lacks (a GPU, a SLURM cluster) are composed and resolved instead (`--cfg all
+--resolve`, the first value of each sweep), which checks that every name and value in them
+exists. Each command's promised outputs are checked.
+
+A command that is in the README but matches no rule here fails the test: a new command needs a
+rule (and so a check of what it promises).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_unet.metrics import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILENAME,
+    make_random_inception_weights,
+)
+from tests.conftest import ROOT
+from tests.test_data import write_mnist
+
+pytestmark = pytest.mark.slow
+
+README = ROOT / "README.md"
+
+# --------------------------------------------------------------------------- shrinking overrides
+# The README documents these lists (section "Testing the README"); keep the two in step.
+TINY_MODEL = [
+    "model.net.n_channels=16",
+    "model.net.ch_mults=[1,2]",
+    "model.net.is_attn=[false,true]",
+    "model.net.n_blocks=1",
+    "model.diffusion.num_timesteps=50",
+]
+SHORT_RUN = [
+    "data.batch_size=32",
+    "model.warmup_steps=2",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "trainer.max_epochs=1",
+    "callbacks.sample_grid.steps=3",
+    "callbacks.sample_grid.num_samples=4",
+    "callbacks.sample_grid.nrow=2",
+]
+FID_SHORT = ["callbacks.fid.every_n_epochs=1", "callbacks.fid.num_samples=16"]
+SAMPLE_SHORT = ["sampler.steps=5"]  # the tiny model has T=50; DDIM takes 5 of them
+EVAL_SHORT = [
+    *SAMPLE_SHORT,
+    "num_samples=40",
+    "num_reference=40",
+    "kid_subset_size=20",
+    "isc_splits=2",
+    "save_cpu_ram=true",
+]
+# An architecture sweep keeps its own ch_mults/attention; everything else is shrunk.
+ARCH_SHORT = [
+    o for o in TINY_MODEL if not o.startswith(("model.net.ch_mults", "model.net.is_attn"))
+]
+BENCH_SHORT = 'ARGS="--configs unet_small --batch-size 2 --steps 1 --warmup 0 --attn-sizes"'
+
+
+# --------------------------------------------------------------------------- reading the README
+def readme_commands(text: str) -> list[str]:
+    """The `python ...`, `make ...` and `VAR=value python ...` commands of the bash blocks."""
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip()
+            if "#" in line:  # drop trailing comments (no command here has a literal '#')
+                line = line[: line.index("#")].strip()
+            if re.match(r"^([A-Z_]+=\S+ )*(python|make) ", line + " "):
+                commands.append(re.sub(r"\s+", " ", line))
+    return commands
+
+
+# --------------------------------------------------------------------------- what a run leaves
+def newest(pattern: str, base: Path) -> Path:
+    """The most recently modified path matching `pattern` under `base`."""
+    found = sorted(base.glob(pattern), key=lambda p: p.stat().st_mtime)
+    assert found, f"nothing matches {pattern} under {base}"
+    return found[-1]
+
+
+def assert_grid_has_digits(path: Path) -> None:
+    """A sample grid PNG with both dark and bright pixels (not a black or blank image)."""
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    assert pixels.min() < 64 and pixels.max() > 192, (path, pixels.min(), pixels.max())
+
+
+def assert_completed_run(run: Path) -> dict:
+    """A finished training run: status, checkpoint with its step, grid, CSV metrics."""
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed", status
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == status["metrics"]["global_step"] > 0
+    assert_grid_has_digits(run / "samples" / "final.png")
+    metrics = pd.read_csv(newest("csv/version_*/metrics.csv", run))
+    assert metrics["train/loss_step"].dropna().between(0, 10).all()
+    return status
+
+
+def assert_sweep(sweep: Path, jobs: int) -> list[dict]:
+    """A multirun folder whose `jobs` jobs all completed."""
+    statuses = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/status.json"))]
+    assert len(statuses) == jobs, (sweep, statuses)
+    assert {s["status"] for s in statuses} == {"completed"}, statuses
+    return statuses
+
+
+# --------------------------------------------------------------------------- the rules
+@dataclass
+class Ran:
+    """What one command did: its output and the repository copy it ran in."""
+
+    repo: Path
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Rule:
+    """How a README command matching `pattern` is run and what it must leave behind."""
+
+    pattern: str
+    append: list[str] = field(default_factory=list)
+    check: Callable[[Ran], None] = lambda ran: None
+    compose_only: bool = False  # needs a GPU or a cluster: compose (`--cfg all --resolve`) only
+    skip: str = ""  # why the command is not run here
+
+
+def _logs(ran: Ran) -> Path:
+    return ran.repo / "logs"
+
+
+def check_train(ran: Ran) -> None:
+    assert_completed_run(newest("train/runs/*/", _logs(ran)))
+
+
+def check_mnist(ran: Ran) -> None:
+    run = newest("train/runs/*/", _logs(ran))
+    assert_completed_run(run)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["run_config"]["data"]["dataset"] == "mnist"
+
+
+def check_resume(ran: Ran) -> None:
+    runs = sorted(_logs(ran).glob("train/runs/*/status.json"), key=lambda p: p.stat().st_mtime)
+    before, after = (json.loads(p.read_text()) for p in runs[-2:])
+    assert after["status"] == "completed"
+    assert after["metrics"]["global_step"] > before["metrics"]["global_step"]
+
+
+def check_debug(ran: Ran) -> None:
+    status = json.loads(newest("debug/runs/*/status.json", _logs(ran)).read_text())
+    assert status["status"] == "completed", status
+
+
+def check_fid(ran: Ran) -> None:
+    run = newest("train/runs/*/", _logs(ran))
+    status = assert_completed_run(run)
+    assert np.isfinite(status["metrics"]["val/fid"])
+    assert list((run / "checkpoints").glob("best_fid_*.ckpt"))
+
+
+def check_summary(ran: Ran) -> None:
+    assert "168,899,011" in ran.stdout
+
+
+def check_sample(num: int, pngs: bool) -> Callable[[Ran], None]:
+    def check(ran: Ran) -> None:
+        run = newest("sample/runs/*/", _logs(ran))
+        with np.load(run / "samples.npz", allow_pickle=False) as data:
+            images = data["images"]
+        assert images.shape == (num, 8, 8, 1) and images.dtype == np.uint8
+        assert_grid_has_digits(run / "grid.png")
+        assert len(list((run / "pngs").glob("*.png"))) == (num if pngs else 0)
+
+    return check
+
+
+def check_eval(wandb: bool) -> Callable[[Ran], None]:
+    def check(ran: Ran) -> None:
+        run = newest("eval/runs/*/", _logs(ran))
+        metrics = json.loads((run / "metrics.json").read_text())
+        for key in ("fid", "kid_mean", "isc_mean"):
+            assert np.isfinite(metrics[key]), metrics
+        assert ("precision" in metrics) == wandb  # the second command adds metrics.prc=true
+        assert bool(list(run.glob("wandb/offline-run-*"))) == wandb
+
+    return check
+
+
+def check_sweep(jobs: int) -> Callable[[Ran], None]:
+    return lambda ran: assert_sweep(newest("train/multiruns/*/", _logs(ran)), jobs)
+
+
+def check_report(ran: Ran) -> None:
+    sweep = newest("train/multiruns/*/", _logs(ran))
+    table = pd.read_csv(sweep / "report.csv")
+    assert len(table) == 4 and set(table.status) == {"completed"}
+    assert "| job |" in (sweep / "report.md").read_text()
+    with Image.open(sweep / "report.png") as img:
+        assert img.size[0] > 300
+
+
+def check_optuna(fid: bool) -> Callable[[Ran], None]:
+    def check(ran: Ran) -> None:
+        sweep = newest("train/multiruns/*/", _logs(ran))
+        statuses = assert_sweep(sweep, 2)
+        results = (sweep / "optimization_results.yaml").read_text()
+        assert "best_params" in results and "model.optimizer.lr" in results
+        if fid:
+            assert all(np.isfinite(s["metrics"]["val/fid"]) for s in statuses)
+
+    return check
+
+
+def check_wandb(ran: Ran) -> None:
+    run = newest("train/runs/*/", _logs(ran))
+    assert_completed_run(run)
+    media = list(run.glob("wandb/offline-run-*/files/media/images/*.png"))
+    assert media, "no sample grid in the W&B run"
+    for png in media:
+        assert_grid_has_digits(png)  # W&B's grids were black once
+
+
+def check_compose(ran: Ran) -> None:
+    assert "_target_" in ran.stdout, ran.stdout[-2000:]
+
+
+def check_slurm(ran: Ran) -> None:
+    """The launcher's SLURM geometry follows the trainer: 2 nodes x 4 GPUs, one task per GPU."""
+    check_compose(ran)
+    for line in ("SlurmLauncher", "nodes: 2", "gpus_per_node: 4", "tasks_per_node: 4"):
+        assert line in ran.stdout, line
+
+
+def first_job(command: str) -> str:
+    """A sweep command reduced to its first job: no `-m`, the first value of each `a,b` list."""
+    words = [w for w in command.split(" ") if w != "-m"]
+    return " ".join(re.sub(r"=([^\[\],]*),.*$", r"=\1", w) if "[" not in w else w for w in words)
+
+
+TRAIN_SHORT = [*TINY_MODEL, *SHORT_RUN]
+RULES = [
+    Rule(r"^make test$", skip="the test suite itself"),
+    Rule(r"^make train$", append=[f'ARGS="{" ".join(TRAIN_SHORT)}"'], check=check_train),
+    Rule(r"^make lint$"),
+    Rule(r"^make format$"),
+    Rule(r"^make bench$", append=[BENCH_SHORT], check=lambda r: _has(r, "ms/step")),
+    Rule(r"^python train\.py$", append=TRAIN_SHORT, check=check_train),
+    Rule(r"^python train\.py model=unet_small data=mnist$", TRAIN_SHORT, check_mnist),
+    Rule(r"^python train\.py experiment=ddpm_cifar10$", compose_only=True, check=check_compose),
+    Rule(r"^python train\.py trainer=gpu ", compose_only=True, check=check_compose),
+    Rule(r"^python train\.py ckpt_path=\S+$", [*TRAIN_SHORT, "trainer.max_epochs=2"], check_resume),
+    Rule(r"^python train\.py debug=fdr$", TINY_MODEL, check_debug),
+    Rule(r"^python train\.py debug=overfit$", [*TRAIN_SHORT, "trainer.max_epochs=2"], check_debug),
+    Rule(r"^python train\.py callbacks=fid$", [*TRAIN_SHORT, *FID_SHORT], check_fid),
+    Rule(r"^python -m ddpm_unet\.utils\.summary ", check=check_summary),
+    Rule(r"^python sample\.py \S+ num_samples=64$", check=check_sample(64, pngs=False)),
+    Rule(r"^python sample\.py .*save_pngs=true", SAMPLE_SHORT, check_sample(64, pngs=True)),
+    Rule(r"^python eval\.py ckpt_path=\S+ num_samples=\d+$", EVAL_SHORT, check_eval(False)),
+    Rule(r"^python eval\.py .*logger=wandb", EVAL_SHORT, check_eval(True)),
+    Rule(r"^python train\.py hparams_search=unet_arch$", [*ARCH_SHORT, *SHORT_RUN], check_sweep(4)),
+    Rule(r"^python -m ddpm_unet\.report ", check=check_report),
+    Rule(
+        r"^python train\.py hparams_search=unet_arch \S", [*ARCH_SHORT, *SHORT_RUN], check_sweep(6)
+    ),
+    Rule(r"^python train\.py -m .*local_parallel", TRAIN_SHORT, check_sweep(3)),
+    Rule(
+        r"^python train\.py hparams_search=optuna$",
+        [*ARCH_SHORT, *SHORT_RUN, "hydra.sweeper.n_trials=2"],
+        check_optuna(fid=False),
+    ),
+    Rule(
+        r"^python train\.py hparams_search=optuna callbacks=fid",
+        [*ARCH_SHORT, *SHORT_RUN, *FID_SHORT, "hydra.sweeper.n_trials=2"],
+        check_optuna(fid=True),
+    ),
+    Rule(r"^python train\.py -m hydra/launcher=slurm ", compose_only=True, check=check_slurm),
+    Rule(r"^(WANDB_MODE=offline )?python train\.py logger=", TRAIN_SHORT, check_wandb),
+]
+
+
+def _has(ran: Ran, text: str) -> None:
+    assert text in ran.stdout, ran.stdout[-2000:]
+
+
+def rule_for(command: str) -> Rule:
+    matches = [rule for rule in RULES if re.search(rule.pattern, command)]
+    assert matches, f"README command without a rule in tests/test_readme.py: {command}"
+    return matches[0]
+
+
+# --------------------------------------------------------------------------- running them
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the repository (as `git clone` of the working tree would give), with the
+    suite's `.venv`, MNIST files in `data/` and stand-in Inception weights."""
+    copy = tmp_path_factory.mktemp("readme") / "ddpm-unet"
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = ROOT / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)  # keeps mtimes: make sees .venv as up to date
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    write_mnist(copy / "data", n_train=64, n_test=32)  # real IDX files, read by torchvision
+    make_random_inception_weights(copy / "inception" / INCEPTION_WEIGHTS_FILENAME, seed=0)
+    return copy
+
+
+def _placeholders(command: str, repo: Path) -> str:
+    """`<ts>`/`...` in a documented path -> the run or sweep the earlier commands made."""
+    logs = repo / "logs"
+    if "ckpt_path=" in command:
+        ckpt = newest("train/runs/*/checkpoints/last.ckpt", logs).relative_to(repo)
+        command = re.sub(r"ckpt_path=\S+", f"ckpt_path={ckpt}", command)
+    if "multiruns/<timestamp>" in command:
+        sweep = newest("train/multiruns/*/", logs).relative_to(repo)
+        command = command.replace("logs/train/multiruns/<timestamp>", str(sweep))
+    return command
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def test_readme_has_the_commands_users_start_with() -> None:
+    assert {"make train", "make test", "python train.py"} <= set(COMMANDS)
+    assert "python train.py hparams_search=unet_arch" in COMMANDS
+    for command in COMMANDS:
+        rule_for(command)  # every command is covered
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command(command: str, repo: Path) -> None:
+    rule = rule_for(command)
+    if rule.skip:
+        pytest.skip(rule.skip)
+    line = _placeholders(command, repo)
+    if rule.compose_only:
+        line = first_job(line) + " --cfg all --resolve"
+    line = " ".join([line, *rule.append])
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",  # no network: W&B writes its run files locally
+        INCEPTION_WEIGHTS_ENV: str(repo / "inception" / INCEPTION_WEIGHTS_FILENAME),
+        "PYTHONPATH": str(repo / "src"),  # the copy's code, not the suite's editable install
+        "PYTHONWARNINGS": "ignore",
+    }
+    env.pop("PROJECT_ROOT", None)
+    done = subprocess.run(
+        ["bash", "-c", f"source .venv/bin/activate && {line}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=480,
+        env=env,
+    )
+    assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    rule.check(Ran(repo, done.stdout, done.stderr))

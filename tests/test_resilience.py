@@ -1,0 +1,299 @@
+"""Nothing lost, nothing run (issue 14): last.ckpt, run folders, NaNs, signals, atomic saves.
+
+Signals are sent with `os.kill`: to `python train.py` subprocesses from outside (SIGTERM, SIGINT,
+SIGKILL at whatever moment they land), and in-process at a chosen step for the exact-resume
+checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+import ddpm_unet.train as train_module
+from ddpm_unet.callbacks import checkpoint_io
+from ddpm_unet.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
+from ddpm_unet.callbacks.divergence import TrainingDivergedError
+from ddpm_unet.train import run
+from ddpm_unet.utils.config_checks import ConfigError
+from ddpm_unet.utils.errors import UserError
+from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
+
+# 3 batches per epoch, validation every epoch, no sample grids until the end, dropout on (so
+# the RNG state matters for exactness).
+RUN = [
+    *TINY_OVERRIDES,
+    "debug=limit",
+    "trainer.max_epochs=3",
+    "callbacks.sample_grid.every_n_epochs=100",
+    "model.net.dropout=0.1",
+]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _max_weight_diff(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def _with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
+    """Add `callback` to the next runs' callbacks (what the config builds, plus this one)."""
+    build = train_module.instantiate_callbacks
+    monkeypatch.setattr(train_module, "instantiate_callbacks", lambda cfg: [*build(cfg), callback])
+
+
+class _SignalAtStep(L.Callback):
+    """Sends `signum` to this process after optimiser step `step` (in-process SIGTERM/SIGINT)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of RUN (9 steps): the weights every resume must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    run(compose_train(RUN, out))
+    return out
+
+
+def test_last_ckpt_is_the_final_state_and_the_summary_names_the_files(
+    reference_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Best checkpoints every 2nd epoch only: the 3rd epoch saves none, so Lightning's save_last
+    # left last.ckpt at step 6 of 9.
+    caplog.set_level(logging.INFO, logger="ddpm_unet.train")
+    run(compose_train([*RUN, "+callbacks.model_checkpoint.every_n_epochs=2"], tmp_path))
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "completed" and status["metrics"]["global_step"] == 9
+    assert _load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 9
+    assert _load(tmp_path / "checkpoints" / "epoch_0001.ckpt")["global_step"] == 6
+    summary = next(r.getMessage() for r in caplog.records if "Run summary" in r.getMessage())
+    assert "9 steps" in summary and "val/loss" in summary
+    assert f"last checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}" in summary
+    assert f"final samples: {tmp_path / 'samples' / 'final.png'}" in summary
+    assert "epoch_0001.ckpt" in summary  # the best val/loss checkpoint
+    # A run that completed leaves no interrupted.ckpt behind.
+    assert not (reference_run / "checkpoints" / "interrupted.ckpt").exists()
+
+
+def test_existing_run_folder_is_refused_before_anything_is_overwritten(
+    reference_run: Path,
+) -> None:
+    status_before = (reference_run / "status.json").read_bytes()
+    last_before = (reference_run / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(ConfigError) as err:
+        run(compose_train(RUN, reference_run))
+    message = str(err.value)
+    assert f"ckpt_path={reference_run / 'checkpoints' / 'last.ckpt'}" in message
+    assert "new folder" in message and "hydra.run.dir" in message
+    assert (reference_run / "status.json").read_bytes() == status_before
+    assert (reference_run / "checkpoints" / "last.ckpt").read_bytes() == last_before
+
+
+def test_cli_run_folders_never_collide_and_an_old_one_is_not_reused(tmp_path: Path) -> None:
+    # Two runs started together (stopped by a bad value right after their folder is made).
+    args = [sys.executable, "train.py", "model.net.is_attn=[false]", f"paths.log_dir={tmp_path}"]
+    procs = [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    for proc in procs:
+        proc.communicate(timeout=300)
+    folders = sorted((tmp_path / "train" / "runs").iterdir())
+    assert len(folders) == 2, folders
+    # The same folder again, now holding a checkpoint, without ckpt_path: refused, nothing written.
+    old = folders[0]
+    (old / "checkpoints").mkdir()
+    (old / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's weights")
+    config_before = (old / ".hydra" / "config.yaml").read_bytes()
+    status_before = (old / "status.json").read_bytes()
+    result = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={old}", f"paths.log_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"ckpt_path={old / 'checkpoints' / 'last.ckpt'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (old / ".hydra" / "config.yaml").read_bytes() == config_before
+    assert (old / "status.json").read_bytes() == status_before
+
+
+class _PoisonWeightsAtStep(L.Callback):
+    """Makes a weight NaN after step `step`, as an overflowing update would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.net.image_proj.weight.fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_at_once_and_no_nan_checkpoint_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A learning rate that diverges on the first update: stopped at step 1, nothing saved.
+    diverge = [*RUN, "model.optimizer.lr=1e4", "trainer.gradient_clip_val=null"]
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 1 .*lower learning rate"):
+        run(compose_train([*diverge, "model.warmup_steps=0"], tmp_path / "lr"))
+    status = json.loads((tmp_path / "lr" / "status.json").read_text())
+    assert status["status"] == "failed" and "TrainingDivergedError" in status["error"]
+    assert not list((tmp_path / "lr").glob("checkpoints/*.ckpt"))
+
+    # Weights turned NaN at the last step of epoch 2: its validation may not save them, and
+    # the next step's NaN loss stops the run; last.ckpt keeps epoch 1's finite state.
+    _with_extra_callback(monkeypatch, _PoisonWeightsAtStep(6))
+    with pytest.raises(TrainingDivergedError, match="at step 6"):
+        run(compose_train(RUN, tmp_path / "poison"))
+    ckpts = sorted(p.name for p in (tmp_path / "poison" / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["epoch_0000.ckpt", "last.ckpt"]  # no interrupted.ckpt, no epoch_0001
+    last = _load(tmp_path / "poison" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 3
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_user_error_inside_fit_writes_no_interrupted_checkpoint(tmp_path: Path) -> None:
+    # Raised in configure_optimizers, inside trainer.fit (Lightning's OnExceptionCheckpoint
+    # saved an untrained model there).
+    cfg = compose_train([*RUN, "model.lr_decay=cosine", "model.warmup_steps=50"], tmp_path)
+    with pytest.raises(UserError, match="warmup_steps=50"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_epoch_saves_interrupted_ckpt_and_resume_is_exact(
+    signum: int, reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = 4 if signum == signal.SIGTERM else 3  # mid-epoch / at an epoch's end
+    _with_extra_callback(monkeypatch, _SignalAtStep(step, signum))
+    with pytest.raises(SystemExit) as exit_info:
+        run(compose_train(RUN, tmp_path / "stopped"))
+    assert exit_info.value.code == 128 + signum
+    status = json.loads((tmp_path / "stopped" / "status.json").read_text())
+    ckpt = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    assert status["status"] == "interrupted" and status["step"] == step
+    assert status["checkpoint"] == str(ckpt)
+    assert _load(ckpt)["global_step"] == step
+
+    monkeypatch.undo()
+    run(compose_train([*RUN, f"ckpt_path={ckpt}"], tmp_path / "resumed"))
+    resumed = _load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    reference = _load(reference_run / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == reference["global_step"] == 9
+    assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
+
+
+def _start_cli(out: Path, extra: list[str]) -> subprocess.Popen:
+    args = [f"hydra.run.dir={out}", f"paths.log_dir={out.parent}", *RUN, *extra]
+    args = [a for a in args if not a.startswith("trainer.max_epochs")]
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args, "trainer.max_epochs=8"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"ended before {path} appeared: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_cli_sigterm_sigint_sigkill_whenever_they_land(tmp_path: Path) -> None:
+    """Three runs at once: SIGINT as soon as the run folder exists (set-up, before training),
+    SIGTERM once training has saved a checkpoint, SIGKILL likewise; then resume the killed one."""
+    early = _start_cli(tmp_path / "sigint", [])
+    late = _start_cli(tmp_path / "sigterm", [])
+    killed = _start_cli(tmp_path / "sigkill", [])
+    _wait_for(tmp_path / "sigint" / ".hydra" / "config.yaml", early)
+    os.kill(early.pid, signal.SIGINT)
+    _wait_for(tmp_path / "sigterm" / "checkpoints" / "last.ckpt", late)
+    os.kill(late.pid, signal.SIGTERM)
+    _wait_for(tmp_path / "sigkill" / "checkpoints" / "last.ckpt", killed)
+    os.kill(killed.pid, signal.SIGKILL)
+    for proc, name, code in ((early, "sigint", 130), (late, "sigterm", 143)):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == code, stderr[-3000:]
+        status = json.loads((tmp_path / name / "status.json").read_text())
+        ckpt = tmp_path / name / "checkpoints" / "interrupted.ckpt"
+        assert status["status"] == "interrupted" and status["checkpoint"] == str(ckpt)
+        assert _load(ckpt)["global_step"] == status["step"]
+    assert json.loads((tmp_path / "sigterm" / "status.json").read_text())["step"] >= 3
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert not list((tmp_path / "sigkill" / "checkpoints").glob("*.tmp-*"))
+
+    # Resume the SIGKILLed run from whatever last.ckpt it left: the same weights as a run of
+    # the same length never interrupted.
+    whole = [*[a for a in RUN if not a.startswith("trainer.max_epochs")], "trainer.max_epochs=8"]
+    last = tmp_path / "sigkill" / "checkpoints" / "last.ckpt"
+    assert _load(last)["global_step"] < 24  # killed before the end
+    run(compose_train([*whole, f"ckpt_path={last}"], tmp_path / "resumed"))
+    run(compose_train(whole, tmp_path / "whole"))
+    resumed = _load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    reference = _load(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == reference["global_step"] == 24
+    assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
+
+
+def _checkpoint() -> dict:
+    return {"state_dict": {"w": torch.arange(100_000, dtype=torch.float32)}, "global_step": 7}
+
+
+def test_atomic_save_disk_full_leaves_the_old_file_and_no_partial_or_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(_checkpoint(), target)
+    good = target.read_bytes()
+    assert _load(target)["global_step"] == 7
+
+    def full_disk(obj: object, fh) -> None:  # writes part of the file, then the disk is full
+        fh.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError, match=r"last.ckpt: No space left .*disk is full"):
+        io.save_checkpoint({**_checkpoint(), "global_step": 8}, target)
+    assert target.read_bytes() == good  # the previous checkpoint, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temp file
+    with pytest.raises(CheckpointSaveError):  # a new file: nothing left at all
+        io.save_checkpoint(_checkpoint(), tmp_path / "checkpoints" / "interrupted.ckpt")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_atomic_save_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
+    # A parent that is a file stops root as well (chmod would not).
+    blocker = tmp_path / "logs"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointSaveError, match=r"could not save the checkpoint .*paths.log_dir"):
+        AtomicCheckpointIO().save_checkpoint(_checkpoint(), blocker / "checkpoints" / "last.ckpt")
+    assert blocker.read_text() == "not a folder"
