@@ -55,7 +55,7 @@ def test_checkpoint_holds_ema_and_run_config_and_resume_continues(tmp_path: Path
     fit(cfg)
     last = first / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6  # 2 epochs x 3 batches
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
     assert int(ckpt["state_dict"]["ema.n_averaged"]) == 6
@@ -81,7 +81,7 @@ def test_checkpoint_holds_ema_and_run_config_and_resume_continues(tmp_path: Path
     metrics = fit(cfg2)
     assert metrics["global_step"] == 9  # continued from 6, one more epoch of 3
     resumed = torch.load(
-        second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert int(resumed["state_dict"]["ema.n_averaged"]) == 9
     assert resumed["lr_schedulers"][0]["last_epoch"] == 9
@@ -155,9 +155,7 @@ def test_cosine_lr_decay_reaches_its_floor_at_the_last_step(tmp_path: Path) -> N
     expected = [LRFactor(2, 9, 0.2)(step) * base for step in range(9)]
     assert lrs == pytest.approx(expected)
     assert lrs[2] > lrs[5] > lrs[8] > 0.2 * base
-    ckpt = torch.load(
-        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.2 * base)
 
 

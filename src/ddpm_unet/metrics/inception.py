@@ -16,9 +16,15 @@ connection. So every entry point resolves the file up front, before any sampling
 5. else `InceptionWeightsNotFoundError`, naming the file, the config key, the environment
    variable and the cache directory to put it in.
 
-The resolved path is then passed explicitly (`feature_extractor_weights_path`) to torch-fidelity
-and torchmetrics, so they never download on their own, and its hash goes into the cache key of
-the reference statistics (other weights, other features).
+The weights file is data, never code. torch-fidelity and torchmetrics `torch.load` the file they
+are given with `weights_only=False`, which runs whatever a planted pickle holds. So the resolved
+file is read here with `weights_only=True` and checked against the network (a state dict of
+float tensors with exactly the extractor's names and shapes; `load_inception_weights`) as soon
+as it is found, before any sampling, and the libraries only ever get a private copy written from
+the checked tensors a moment before (`verified_weights_copy`), never the user's file. A file that
+is not such a state dict is an `InceptionWeightsError` naming it and saying what it is instead.
+The user's file is what the messages, `metrics.json` and the cache key name: its hash goes into
+the cache key of the reference statistics (other weights, other features).
 
 `make_random_inception_weights` writes a file in the same format with a seeded random
 initialisation: the real architecture and code paths without the download, for tests and speed
@@ -31,13 +37,28 @@ import functools
 import hashlib
 import logging
 import os
+import pickle
 import socket
 import tempfile
 import threading
 import urllib.parse
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+
+from ddpm_unet.utils.checkpoint import (
+    _REFUSED,
+    _ZIP_MAGIC,
+    _describe_archive_error,
+    _describe_bytes,
+    _some,
+)
+from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +82,18 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 """Socket timeout of the download: `urllib` waits forever on a stalled connection without one."""
 
 
+OPTIONAL_SUFFIX = ".num_batches_tracked"
+"""Batch-norm step counters: not in the published file (converted from TensorFlow weights, see
+torch-fidelity's `util_convert_inception_weights.py`), filled in by `load_state_dict`, unused."""
+
+
 class InceptionWeightsNotFoundError(FileNotFoundError):
     """The InceptionV3 weights file is not available; the message says where to put it."""
+
+
+class InceptionWeightsError(UserError):
+    """A file given as the InceptionV3 weights is not a weights file (or was refused as code);
+    the message names it, says what it is instead, and where to get the right file."""
 
 
 def default_weights_path() -> Path:

@@ -184,7 +184,7 @@ TRAIN_RULES: tuple[Rule | Choice, ...] = (
     Rule("model.min_lr_ratio", FRACTION, "0.1"),
     Rule("model.ema_decay", DECAY, "0.9999"),
     Rule("model.val_seed", SEED, "1234"),
-    Rule("trainer.max_epochs", LIMIT, "100", null_means="no limit"),
+    Rule("trainer.max_epochs", LIMIT, "100", null_means="Lightning's default"),
     Rule("trainer.min_epochs", NON_NEGATIVE_INT, "1", null_means="no minimum"),
     Rule("trainer.max_steps", LIMIT, "100000"),
     Rule("trainer.min_steps", NON_NEGATIVE_INT, "1000", null_means="no minimum"),
