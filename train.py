@@ -15,7 +15,7 @@ anchor_project_root(__file__)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     route_library_logs_to_root()  # Lightning's messages into <run>/<task>.log too
     if cfg.extras.get("print_config"):
         print_config(cfg)

@@ -149,17 +149,20 @@ def test_missing_weights_give_a_clear_error_without_download(
         FIDCallback(inception_weights=tmp_path / "nope.pth")
 
 
-def test_weights_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_resolution_order(
+    inception_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Links to one valid file: the resolver checks what it finds (tests/test_safe_loading.py).
     config_file, env_file = tmp_path / "a.pth", tmp_path / "b.pth"
-    config_file.write_bytes(b"x")
-    env_file.write_bytes(b"x")
+    config_file.symlink_to(inception_weights)
+    env_file.symlink_to(inception_weights)
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(env_file))
     assert resolve_inception_weights(config_file) == config_file
     assert resolve_inception_weights(None) == env_file
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_bytes(b"x")
+    cached.symlink_to(inception_weights)
     try:
         assert resolve_inception_weights(None, download=False) == cached
     finally:

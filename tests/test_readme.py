@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,3 +390,22 @@ def test_readme_command(command: str, repo: Path) -> None:
     )
     assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     rule.check(Ran(repo, line, done.stdout, done.stderr))
+
+
+def test_paths_are_anchored_at_the_project_root(tmp_path: Path) -> None:
+    """Started from another folder, a run still writes under the repository's logs/ and reads
+    its data/ (sweeps use the same `paths.log_dir`: the README's sweeps run above)."""
+    env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--cfg", "all", "--resolve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"dir: {ROOT}/logs/train/runs/" in done.stdout
+    assert f"dir: {ROOT}/logs/train/multiruns/" in done.stdout
+    assert f"root: {ROOT}/data\n" in done.stdout
+    assert not any(tmp_path.iterdir())  # nothing written where the command was started

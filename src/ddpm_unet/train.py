@@ -171,11 +171,13 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | None:
     """Fit, record `status.json`, and return `cfg.optimized_metric` for Hydra sweepers.
 
     In a multirun a failed job (bad config, out of memory, ...) is recorded as failed and
-    returns NaN so the sweep goes on; in a single run the error is raised.
+    returns None so the sweep goes on; in a single run the error is raised. None, not NaN, also
+    when the metric was never computed or is not finite: hydra-optuna-sweeper records a None as
+    a failed trial, while a NaN makes it crash the whole study ("Values were told ...").
     """
     output_dir = cfg.paths.output_dir
     start = time.time()
@@ -219,11 +221,11 @@ def run(cfg: DictConfig) -> float:
         if not _in_multirun():
             raise
         log.error("job failed (recorded in %s/status.json): %s", output_dir, err)
-        return math.nan
+        return None
     finally:
         _finish_wandb()
     write_status(
         output_dir, {"status": "completed", "metrics": metrics, "wall_s": time.time() - start}
     )
-    value = metrics.get(cfg.get("optimized_metric") or "", math.nan)
-    return float(value) if isinstance(value, int | float) else math.nan
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None

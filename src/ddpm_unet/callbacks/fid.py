@@ -25,8 +25,10 @@ Design points:
   the worker processes and torch moves every CPU tensor it holds into shared memory: states
   created before the fit would then be one tensor that all ranks add into, and FID would be
   computed from double-counted statistics.
-* The weights file is resolved in the constructor (`resolve_inception_weights`), so a missing
-  file stops the run before training starts, not after the first epochs.
+* The weights file is resolved and checked in the constructor (`resolve_inception_weights`), so
+  a missing file, or one that is not InceptionV3 weights, stops the run before training starts,
+  not after the first epochs. It is read as data only (`weights_only=True`): torchmetrics loads
+  a private copy written from the checked tensors (`verified_weights_copy`), never the file.
 * `val/fid` exists only in evaluation epochs: a `ModelCheckpoint` monitoring it must use the same
   `every_n_epochs` (see `configs/callbacks/fid.yaml`), and `every_n_epochs` must be a multiple of
   `trainer.check_val_every_n_epoch` (this hook runs only when validation does).
@@ -45,7 +47,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
-from ddpm_unet.metrics.inception import resolve_inception_weights
+from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weights_copy
 from ddpm_unet.metrics.reference_stats import select_indices
 from ddpm_unet.models.diffusion import SamplerName
 from ddpm_unet.utils.errors import UserError
@@ -188,12 +190,15 @@ class FIDCallback(L.Callback):
     def _build_inception(self) -> nn.Module:
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        return NoTrainInceptionV3(
-            name=FEATURE_EXTRACTOR,
-            features_list=[str(self.feature)],
-            feature_extractor_weights_path=os.fspath(self.weights_path),
-            antialias=False,  # torch-fidelity's resize: the same numbers as eval.py
-        )
+        # The network unpickles its weights file unrestricted: it gets a private copy written
+        # from the checked tensors, never the user's file.
+        with verified_weights_copy(self.weights_path) as weights_copy:
+            return NoTrainInceptionV3(
+                name=FEATURE_EXTRACTOR,
+                features_list=[str(self.feature)],
+                feature_extractor_weights_path=os.fspath(weights_copy),
+                antialias=False,  # torch-fidelity's resize: the same numbers as eval.py
+            )
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -16,10 +16,13 @@ from ddpm_unet.metrics.inception import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILENAME,
     INCEPTION_WEIGHTS_URL,
+    InceptionWeightsError,
     InceptionWeightsNotFoundError,
     default_weights_path,
+    load_inception_weights,
     make_random_inception_weights,
     resolve_inception_weights,
+    verified_weights_copy,
     weights_fingerprint,
 )
 from ddpm_unet.metrics.reference_stats import (
@@ -36,6 +39,7 @@ __all__ = [
     "INCEPTION_WEIGHTS_ENV",
     "INCEPTION_WEIGHTS_FILENAME",
     "INCEPTION_WEIGHTS_URL",
+    "InceptionWeightsError",
     "InceptionWeightsNotFoundError",
     "ReferenceSet",
     "UInt8Images",
@@ -44,6 +48,7 @@ __all__ = [
     "cache_files",
     "default_weights_path",
     "fidelity_metrics",
+    "load_inception_weights",
     "make_random_inception_weights",
     "reference_cache_name",
     "resolve_inception_weights",
@@ -51,6 +56,7 @@ __all__ = [
     "to_rgb",
     "to_uint8",
     "to_uint8_hwc",
+    "verified_weights_copy",
     "weights_fingerprint",
     "write_cache_info",
 ]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ddpm_unet.metrics.inception import verified_weights_copy
 from ddpm_unet.utils.errors import UserError
 
 FEATURE_EXTRACTOR = "inception-v3-compat"
@@ -135,7 +136,8 @@ def fidelity_metrics(
     Args:
         samples, reference: datasets of uint8 `[3, H, W]` tensors (`UInt8Images`, `UInt8RGBView`).
         weights_path: the InceptionV3 weights file (`resolve_inception_weights`), passed
-            explicitly so torch-fidelity never downloads.
+            explicitly so torch-fidelity never downloads; it is read as data and checked here,
+            and torch-fidelity loads a private copy (`verified_weights_copy`).
         fid, kid, isc, prc: which metrics; ISC is computed on `samples` only. Precision/recall use
             the Inception 2048-d features (torch-fidelity's default for them is VGG-16, whose
             weights would be a second download), so they are not comparable with VGG-based ones.
@@ -152,6 +154,9 @@ def fidelity_metrics(
     Returns:
         `{"fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "f_score"}`,
         the requested ones.
+
+    Raises:
+        InceptionWeightsError: `weights_path` is not an InceptionV3 weights file.
     """
     import torch_fidelity
 
@@ -171,7 +176,6 @@ def fidelity_metrics(
         "prc": prc,
         # One extractor (Inception) for all metrics, also for precision/recall.
         "feature_extractor": FEATURE_EXTRACTOR,
-        "feature_extractor_weights_path": os.fspath(weights_path),
         "feature_layer_fid": str(feature_layer_fid),
         "feature_layer_kid": str(feature_layer_kid or feature_layer_fid),
         "feature_layer_prc": "2048",
@@ -191,14 +195,18 @@ def fidelity_metrics(
             f"the Inception Score splits the {n_samples} samples into isc_splits={isc_splits} "
             "groups: use more samples or fewer splits."
         )
-    if reference_cache_name is None:
-        raw = torch_fidelity.calculate_metrics(**kwargs)
-    else:
-        # torch-fidelity unpickles its cache files unrestricted: it gets a private folder
-        # holding only files written from validated arrays, never the cache folder itself.
-        from ddpm_unet.metrics.reference_stats import torch_fidelity_cache
+    # torch-fidelity unpickles the weights file unrestricted: it gets a private copy written
+    # from the checked tensors, never the user's file.
+    with verified_weights_copy(weights_path) as weights_copy:
+        kwargs["feature_extractor_weights_path"] = os.fspath(weights_copy)
+        if reference_cache_name is None:
+            raw = torch_fidelity.calculate_metrics(**kwargs)
+        else:
+            # Its cache files likewise: a private folder holding only files written from
+            # validated arrays, never the cache folder itself.
+            from ddpm_unet.metrics.reference_stats import torch_fidelity_cache
 
-        root = cache_root if cache_root is not None else default_cache_root()
-        with torch_fidelity_cache(root, reference_cache_name) as private_root:
-            raw = torch_fidelity.calculate_metrics(**kwargs, cache_root=os.fspath(private_root))
+            root = cache_root if cache_root is not None else default_cache_root()
+            with torch_fidelity_cache(root, reference_cache_name) as private_root:
+                raw = torch_fidelity.calculate_metrics(**kwargs, cache_root=os.fspath(private_root))
     return {_RESULT_KEYS.get(k, k): float(v) for k, v in raw.items()}

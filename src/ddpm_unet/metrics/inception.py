@@ -38,11 +38,13 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import socket
 import tempfile
 import threading
 import urllib.parse
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +87,12 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 OPTIONAL_SUFFIX = ".num_batches_tracked"
 """Batch-norm step counters: not in the published file (converted from TensorFlow weights, see
 torch-fidelity's `util_convert_inception_weights.py`), filled in by `load_state_dict`, unused."""
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # the refused object in torch's message
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]
+"""How files of torch.save's format before torch 1.6 begin (a pickled magic number); what the
+published weights may use. Other pickles are never unpickled, not even as data."""
 
 
 class InceptionWeightsNotFoundError(FileNotFoundError):
@@ -174,7 +182,8 @@ def resolve_inception_weights(
     download_key: str | None = None,
     url: str = INCEPTION_WEIGHTS_URL,
 ) -> Path:
-    """The path of the InceptionV3 weights file, found as described in the module docstring.
+    """The path of the InceptionV3 weights file, found as described in the module docstring and
+    checked (`load_inception_weights`): what it returns is a usable weights file.
 
     Args:
         path: the config value (None or "" when unset).
@@ -185,11 +194,12 @@ def resolve_inception_weights(
 
     Raises:
         InceptionWeightsNotFoundError: the file is missing and cannot be downloaded.
+        InceptionWeightsError: the file found is not an InceptionV3 weights file.
     """
     if path not in (None, ""):
         candidate = Path(os.path.expanduser(os.fspath(path)))
         if candidate.is_file():
-            return candidate
+            return _checked(candidate, f"{config_key}={os.fspath(path)}")
         raise InceptionWeightsNotFoundError(
             weights_not_found_message(f"{config_key}={os.fspath(path)} does not exist", config_key)
         )
@@ -197,7 +207,9 @@ def resolve_inception_weights(
     if env_value:
         candidate = Path(os.path.expanduser(env_value))
         if candidate.is_file():
-            return candidate
+            return _checked(
+                candidate, f"the environment variable {INCEPTION_WEIGHTS_ENV}={env_value}"
+            )
         raise InceptionWeightsNotFoundError(
             weights_not_found_message(
                 f"the environment variable {INCEPTION_WEIGHTS_ENV}={env_value} names a file that "
@@ -206,8 +218,9 @@ def resolve_inception_weights(
             )
         )
     cached = default_weights_path()
+    cache_fix = f"delete it ({cached}) to download it again, or set {config_key}=/path/to/the/file"
     if cached.is_file():
-        return cached
+        return _checked(cached, f"the cached weights file {cached}", fix=cache_fix)
     if not download:
         switch = f" ({download_key}=false)" if download_key else ""
         raise InceptionWeightsNotFoundError(
@@ -216,7 +229,7 @@ def resolve_inception_weights(
             )
         )
     try:
-        return download_weights(cached, url)
+        downloaded = download_weights(cached, url)
     except Exception as err:  # no network, proxy, HTTP error, disk: all mean "not available"
         raise InceptionWeightsNotFoundError(
             weights_not_found_message(
@@ -225,6 +238,199 @@ def resolve_inception_weights(
                 config_key,
             )
         ) from err
+    try:
+        return _checked(downloaded, f"the file downloaded from {url} to {cached}")
+    except InceptionWeightsError:
+        # A proxy's error page or a changed release: not kept where it would be found next time.
+        downloaded.unlink(missing_ok=True)
+        raise
+
+
+def _checked(path: Path, source: str, fix: str = "") -> Path:
+    """`path` after `load_inception_weights(path, source, fix)` accepted it (tensors dropped)."""
+    load_inception_weights(path, source, fix)
+    return path
+
+
+def weights_error(source: str, problem: str, fix: str = "") -> InceptionWeightsError:
+    """The error for a file that is no usable weights file: `<source> <problem>. <fix>.`, the
+    default fix naming the published file and where to get it (never torch's advice to load with
+    fewer restrictions)."""
+    fix = fix or (
+        f"use the file torch-fidelity publishes, {INCEPTION_WEIGHTS_FILENAME} "
+        f"({INCEPTION_WEIGHTS_URL})"
+    )
+    return InceptionWeightsError(f"{source} {problem}; {fix}.")
+
+
+def _build_extractor(features: list[str]) -> nn.Module:
+    """torch-fidelity's `FeatureExtractorInceptionV3` as constructed, without its weight loading
+    (on whatever device is current: `meta` gives the shapes at no cost)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Unloaded(FeatureExtractorInceptionV3):
+        """The extractor without the weight loading of its constructor."""
+
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: ANN001
+            return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({}, empty)  # the constructor torch.loads this instead of downloading
+        return _Unloaded("inception-v3-compat", features, feature_extractor_weights_path=empty)
+
+
+@functools.lru_cache(maxsize=1)
+def expected_weight_shapes() -> dict[str, tuple[int, ...]]:
+    """`{name: shape}` of every entry of the extractor's state dict (566 entries, 94 of them the
+    optional `*.num_batches_tracked`), from the network built on the meta device."""
+    with torch.device("meta"):
+        net = _build_extractor(["2048"])
+    return {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
+
+
+def load_inception_weights(
+    path: str | os.PathLike[str], source: str | None = None, fix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The state dict `{name: tensor}` of InceptionV3 weights file `path`, read as data only.
+
+    `torch.load(weights_only=True)` (zip archives and torch's older format alike) refuses any
+    pickled object but tensors and plain containers, so nothing in the file runs; the result must
+    be what torch-fidelity's `FeatureExtractorInceptionV3` loads: float tensors with exactly its
+    names and shapes (`expected_weight_shapes`; the `*.num_batches_tracked` counters may be
+    absent, as they are in the published file).
+
+    Args:
+        source: how the user named the file (`inception_weights=/x.pth`), for messages.
+        fix: what the message advises instead of the default (the published file's address).
+
+    Raises:
+        InceptionWeightsError: naming the file and saying what it is instead: unreadable, empty,
+            not a torch.save file (text, random bytes, a damaged archive, a plain pickle),
+            refused (it holds Python objects that could run code: nothing of it was run), not a
+            dict of tensors, or the weights of another network (which names/shapes differ).
+    """
+    file = Path(path)
+    name = source or f"the InceptionV3 weights file {os.fspath(path)}"
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(512)
+    except OSError as err:
+        raise weights_error(name, f"cannot be read ({err.strerror or err})", fix) from None
+    if not head:
+        raise weights_error(name, "is empty (0 bytes), not an InceptionV3 weights file", fix)
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if not (is_zip or head.startswith(_LEGACY_MAGIC)):
+        # Neither format torch.save writes: described from its bytes, never unpickled.
+        problem = f"is not an InceptionV3 weights file: it is {_describe_bytes(head)}"
+        raise weights_error(name, problem + ", not a file written by torch.save", fix)
+    state = _load_data_only(file, name, is_zip, fix)
+    _check_state_dict(state, name, fix)
+    return dict(state)
+
+
+def _load_data_only(file: Path, name: str, is_zip: bool, fix: str) -> Any:
+    """`torch.load(file, weights_only=True)`; every failure becomes an `InceptionWeightsError`."""
+    try:
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": torch's notes on files refused anyway.
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if _REFUSED.search(str(err)):
+            match = _GLOBAL.search(str(err))
+            what = f" (e.g. {match.group(1)})" if match else ""
+            raise weights_error(
+                name,
+                f"was refused: it holds Python objects{what} that a weights file never contains "
+                "(only tensors), and that could run code when unpickled; it was read as data "
+                "only and nothing in it was run",
+                fix,
+            ) from None
+        what = "a damaged archive" if is_zip else "a damaged file of torch.save's older format"
+        what += " (its pickle is unreadable)"
+        raise weights_error(
+            name, f"is not an InceptionV3 weights file: it is {what}", fix
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a malformed file can raise anything
+        if is_zip and not zipfile.is_zipfile(file):  # no central directory: cut short
+            err = zipfile.BadZipFile(str(err))
+        what = (
+            _describe_archive_error(err, file)
+            if is_zip
+            else "a damaged or truncated file of torch.save's older format"
+        )
+        raise weights_error(
+            name, f"is not an InceptionV3 weights file: it is {what}", fix
+        ) from None
+
+
+def _check_state_dict(state: Any, name: str, fix: str) -> None:
+    """Raise `InceptionWeightsError` unless `state` is the extractor's state dict (see
+    `load_inception_weights`)."""
+    if not isinstance(state, Mapping):
+        problem = f"holds a {type(state).__name__}, not a state dict of InceptionV3 weights"
+        raise weights_error(name, problem, fix)
+    not_tensors = [
+        str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+    ]
+    if not_tensors:
+        problem = (
+            f"is not a state dict of tensors: its entries {_some(not_tensors)} are not tensors "
+            "named by strings"
+        )
+        raise weights_error(name, problem, fix)
+    expected = expected_weight_shapes()
+    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        f"{k}: {list(state[k].shape)} in the file, {list(expected[k])} in the network"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    not_float = [
+        f"{k} ({state[k].dtype})"
+        for k in expected
+        if k in state and not k.endswith(OPTIONAL_SUFFIX) and not state[k].is_floating_point()
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing ({_some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected entries ({_some(unexpected)})")
+    if reshaped:
+        shown = "; ".join(reshaped[:2]) + ("; ..." if len(reshaped) > 2 else "")
+        parts.append(f"{len(reshaped)} weights of another shape ({shown})")
+    if not_float:
+        parts.append(f"{len(not_float)} weights that are not floats ({_some(not_float)})")
+    if parts:
+        problem = (
+            "holds the weights of another network, not those of torch-fidelity's InceptionV3 "
+            f"(FeatureExtractorInceptionV3): {', '.join(parts)}"
+        )
+        raise weights_error(name, problem, fix)
+
+
+@contextmanager
+def verified_weights_copy(
+    path: str | os.PathLike[str], source: str | None = None
+) -> Iterator[Path]:
+    """A private copy of weights file `path`, written from its checked tensors, for one use.
+
+    torch-fidelity and torchmetrics `torch.load` the file they are given with
+    `weights_only=False`; the path yielded here names a file this function wrote a moment before
+    from the tensors `load_inception_weights` accepted (a plain dict of tensors), in a folder
+    only this user can enter, so they never unpickle a file from a user. It is deleted on exit.
+
+    Raises:
+        InceptionWeightsError: as `load_inception_weights`.
+    """
+    state = {k: v.detach() for k, v in load_inception_weights(path, source).items()}
+    with tempfile.TemporaryDirectory(prefix="ddpm-unet-inception-") as folder:  # mode 0700
+        copy = Path(folder) / INCEPTION_WEIGHTS_FILENAME
+        torch.save(state, copy)
+        del state  # ~95 MB: the library loads its own copy
+        yield copy
 
 
 @functools.lru_cache(maxsize=8)
@@ -251,28 +457,17 @@ def make_random_inception_weights(path: str | os.PathLike[str], seed: int = 0) -
     scale through the ~50 layers (PyTorch's default init shrinks them ~6x per layer, and the
     2048-d features would be ~1e-20: every FID would be 0). For tests and benchmarks only.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class _Unloaded(FeatureExtractorInceptionV3):
-        """The extractor without the weight loading of its constructor."""
-
-        def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: ANN001
-            return None
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp) / "empty.pth"
-        torch.save({}, empty)  # the constructor torch.loads this instead of downloading
-        fork_devices: list[int] = []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            net = _Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
-            for module in net.modules():
-                if isinstance(module, torch.nn.Conv2d):
-                    torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                elif isinstance(module, torch.nn.Linear):
-                    torch.nn.init.normal_(module.weight, std=module.in_features**-0.5)
-                    torch.nn.init.zeros_(module.bias)
+    fork_devices: list[int] = []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        net = _build_extractor(["2048"])
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=module.in_features**-0.5)
+                torch.nn.init.zeros_(module.bias)
     torch.save(net.state_dict(), path)
     return path
