@@ -20,7 +20,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 
-from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.models.samplers import DDIM, DDPM, DPMSolver, Sampler
+from ddpm_unet.sample import load_model
 
 
 def summarize(probs: np.ndarray, images: np.ndarray) -> dict[str, object]:
@@ -37,11 +38,20 @@ def summarize(probs: np.ndarray, images: np.ndarray) -> dict[str, object]:
     }
 
 
+def make_sampler(name: str, steps: int | None, eta: float) -> Sampler:
+    """`--sampler`, `--steps`, `--eta` -> a sampler (each sampler's own default steps if None)."""
+    if name == "ddpm":
+        return DDPM()
+    if name == "ddim":
+        return DDIM(eta=eta) if steps is None else DDIM(steps=steps, eta=eta)
+    return DPMSolver() if steps is None else DPMSolver(steps=steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt_path")
     parser.add_argument("--num", type=int, default=500, help="samples (and real digits) to judge")
-    parser.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    parser.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm_solver"])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
     parser.add_argument("--seed", type=int, default=0)
@@ -54,13 +64,11 @@ def main() -> None:
     )
     clf = SVC(probability=True, random_state=0).fit(x_train, y_train)
 
-    model = LitDiffusion.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+    model = load_model(args.ckpt_path, "cpu")  # as sample.py reads it (weights_only=True)
     torch.set_grad_enabled(False)
     samples = model.sample_images(
         args.num,
-        args.sampler,
-        args.steps,
-        eta=args.eta,
+        make_sampler(args.sampler, args.steps, args.eta),
         seed=args.seed,
         batch_size=250,
         use_ema=not args.raw,

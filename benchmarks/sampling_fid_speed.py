@@ -8,12 +8,12 @@ Two measurements, written as a markdown report:
    weights are random (`make_random_inception_weights`): speed does not depend on their values,
    and nothing is downloaded.
 2. **Sampling throughput** of `unet_small` (1x8x8) and `unet_ddpm_cifar10` (3x32x32) with random
-   weights in eval mode: seconds per denoising step (`GaussianDiffusion.ddpm_step` /
-   `ddim_step`, the functions the samplers loop over) at a fixed batch size, timed over
+   weights in eval mode: seconds per denoising step (a model call and the sampler's `step`,
+   what `Sampler.sample` loops over) at a fixed batch size, timed over
    `--steps` steps after a warm-up step, and images/s derived as
    `batch / (seconds_per_step * steps)` for DDPM-1000 and DDIM-50. For models where a whole run
    fits in `--full-run-budget` seconds, the whole DDIM-50 run is also timed end to end
-   (`GaussianDiffusion.sample`), as a check of the derivation.
+   (`DDIM.sample`), as a check of the derivation.
 
     python benchmarks/sampling_fid_speed.py                        # CPU, ~3 min
     python benchmarks/sampling_fid_speed.py --device cuda --markdown benchmarks/results/x.md
@@ -37,6 +37,7 @@ import torch
 
 from ddpm_unet.metrics.inception import make_random_inception_weights
 from ddpm_unet.models.diffusion import GaussianDiffusion
+from ddpm_unet.models.samplers import DDIM, DDPM, Chain, Sampler
 from ddpm_unet.models.unet import UNet
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -133,16 +134,22 @@ def sampling_speed(
     diffusion = GaussianDiffusion(num_timesteps=1000).to(device)
     shape = (batch, spec["net"]["image_channels"], spec["image_size"], spec["image_size"])
     x = torch.randn(shape, device=device)
-    ddim_t = diffusion.ddim_timesteps(50)
+    ddpm_sampler, ddim_sampler = DDPM(), DDIM(steps=50)
+    ddpm_chain = Chain(diffusion, ddpm_sampler.timesteps(1000))
+    ddim_chain = Chain(diffusion, ddim_sampler.timesteps(1000))
+    ddim_t = ddim_chain.timesteps
+
+    def one_step(sampler: Sampler, chain: Chain, i: int) -> torch.Tensor:
+        t = torch.full((batch,), chain.t(i), device=device, dtype=torch.long)
+        return sampler.step(chain, i, x, net(x, t))
+
     with torch.no_grad():
-        diffusion.ddpm_step(net, x, 999)  # warm-up
+        one_step(ddpm_sampler, ddpm_chain, 0)  # warm-up
         ddpm = [
-            timed(lambda t=t: diffusion.ddpm_step(net, x, t), device)
-            for t in range(999, 999 - steps, -1)
+            timed(lambda i=i: one_step(ddpm_sampler, ddpm_chain, i), device) for i in range(steps)
         ]
         ddim = [
-            timed(lambda i=i: diffusion.ddim_step(net, x, ddim_t[i], ddim_t[i + 1]), device)
-            for i in range(steps)
+            timed(lambda i=i: one_step(ddim_sampler, ddim_chain, i), device) for i in range(steps)
         ]
     s_ddpm, s_ddim = statistics.median(ddpm), statistics.median(ddim)
     result: dict[str, Any] = {
@@ -158,7 +165,7 @@ def sampling_speed(
     }
     if 50 * s_ddim <= full_run_budget:
         generator = torch.Generator(device=device).manual_seed(0)
-        seconds = timed(lambda: diffusion.sample(net, shape, "ddim", 50, 0.0, generator), device)
+        seconds = timed(lambda: ddim_sampler.sample(net, diffusion, shape, generator), device)
         result["ddim50_measured_images_per_s"] = batch / seconds
     return result
 

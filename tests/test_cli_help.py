@@ -113,7 +113,12 @@ def test_sample_help_names_its_options(help_text: dict[str, str]) -> None:
     options = _options(text)
     assert {"ckpt_path", "num_samples", "seed", "use_ema", "sampler.steps"} <= options
     # The override given on the command line shows in the values.
-    assert _current_values(text)["sampler"] == {"name": "ddim", "steps": 50, "eta": 0.0}
+    assert _current_values(text)["sampler"] == {
+        "_target_": "ddpm_unet.models.samplers.ddim.DDIM",
+        "steps": 50,
+        "eta": 0.0,
+        "spacing": "linspace",
+    }
     _check_keys_documented("sample", text)
 
 
@@ -122,7 +127,7 @@ def test_eval_help_names_its_options(help_text: dict[str, str]) -> None:
     assert text.startswith("eval.py: FID, KID and Inception Score")
     options = _options(text)
     assert {"ckpt_path", "num_samples", "reference_split", "metrics.fid", "metrics.prc"} <= options
-    assert _current_values(text)["sampler"]["name"] == "ddim"
+    assert _current_values(text)["sampler"]["_target_"].endswith(".DDIM")
     _check_keys_documented("eval", text)
 
 

@@ -128,7 +128,7 @@ def test_gpu_accelerator_without_a_gpu_names_the_key(tmp_path: Path) -> None:
         (["seed=x"], "seed='x' is not an integer"),
         (["sampler=ddim", "sampler.steps=0"], "sampler.steps=0 is out of range"),
         (["sampler=ddim", "sampler.eta=abc"], "sampler.eta='abc' is not a number"),
-        (["sampler.name=plms"], "sampler.name='plms' is unknown: use one of ddpm, ddim"),
+        (["sampler=ddim", "sampler.spacing=even"], "sampler.spacing='even' is unknown"),
         (["device=tpu7"], "device='tpu7' is not a device: use auto, cpu, cuda, cuda:N or mps."),
     ],
 )

@@ -79,10 +79,11 @@ def test_ddpm_cifar10_experiment_is_the_papers_setup() -> None:
     cfg = compose_train(["experiment=ddpm_cifar10"])
     model, diffusion = cfg.model, cfg.model.diffusion
     assert (diffusion.num_timesteps, diffusion.schedule) == (1000, "linear")
-    assert (diffusion.beta_start, diffusion.beta_end) == (1e-4, 0.02)
-    assert diffusion.loss_weighting == "uniform"
+    assert dict(diffusion.schedule_kwargs) == {"beta_start": 1e-4, "beta_end": 0.02}
+    assert (diffusion.loss_weighting, diffusion.prediction_type) == ("uniform", "eps")
     assert (model.optimizer.lr, model.optimizer.weight_decay) == (2e-4, 0.0)
-    assert (model.warmup_steps, model.lr_decay) == (5000, "none")
+    assert model.optimizer.betas == [0.9, 0.999]
+    assert (model.scheduler.warmup_steps, model.scheduler.decay) == (5000, "none")
     assert (model.ema_decay, model.ema_warmup) == (0.9999, False)
     assert (model.net.n_channels, list(model.net.ch_mults)) == (128, [1, 2, 2, 2])
     assert list(model.net.is_attn) == [False, True, False, False]  # attention at 16x16
@@ -93,8 +94,31 @@ def test_ddpm_cifar10_experiment_is_the_papers_setup() -> None:
 
 @pytest.mark.parametrize("model", ["unet_seed", "unet_ddpm_cifar10"])
 def test_ddpm_named_models_keep_ddpms_training_recipe(model: str) -> None:
-    """They build on unet_small's config but not on its digits-run choices."""
+    """They use the DDPM base (configs/model/ddpm.yaml) as is: only the network differs."""
     cfg = compose_train([f"model={model}"]).model
+    base = compose_train(["model=ddpm"]).model
+    for key in ("diffusion", "optimizer", "scheduler", "ema_decay", "ema_warmup"):
+        assert cfg[key] == base[key], key
     assert (cfg.diffusion.schedule, cfg.diffusion.loss_weighting) == ("linear", "uniform")
-    assert (cfg.optimizer.lr, cfg.warmup_steps, cfg.lr_decay) == (2e-4, 5000, "none")
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps, cfg.scheduler.decay) == (
+        2e-4,
+        5000,
+        "none",
+    )
     assert cfg.ema_decay == 0.9999
+
+
+def test_the_experiment_states_only_what_the_model_config_does_not() -> None:
+    experiment = compose_train(["experiment=ddpm_cifar10"])
+    assert experiment.model == compose_train(["model=unet_ddpm_cifar10", "data=cifar10"]).model
+    text = (CONFIG_DIR / "experiment" / "ddpm_cifar10.yaml").read_text()
+    assert "\nmodel:" not in text  # no model values restated
+
+
+def test_unet_small_overrides_the_ddpm_base_for_digits() -> None:
+    cfg = compose_train([]).model
+    assert (cfg.diffusion.schedule, cfg.diffusion.schedule_kwargs) == ("cosine", None)
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (2e-3, 100)
+    assert (cfg.ema_decay, cfg.ema_warmup, cfg.net.dropout) == (0.995, True, 0.0)
+    assert cfg.net._target_ == "ddpm_unet.models.unet.UNet"
+    assert cfg.optimizer._partial_ and cfg.scheduler._partial_

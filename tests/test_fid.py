@@ -31,7 +31,8 @@ from ddpm_unet.metrics import (
     resolve_inception_weights,
     select_indices,
 )
-from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.models.samplers import DDIM
+from ddpm_unet.sample import load_model
 from ddpm_unet.train import fit
 from ddpm_unet.utils.instantiate import instantiate_callbacks
 from tests.conftest import TINY_OVERRIDES, compose_train
@@ -180,7 +181,7 @@ def fid_overrides(weights: Path) -> list[str]:
         "callbacks.fid.every_n_epochs=1",
         f"callbacks.fid.num_samples={N_IMAGES}",
         f"callbacks.fid.num_real={N_IMAGES}",
-        "callbacks.fid.steps=3",
+        "callbacks.fid.sampler.steps=3",
         "callbacks.fid.batch_size=16",
         "callbacks.fid.feature=64",
         "callbacks.fid.inception_batch_size=32",
@@ -193,9 +194,9 @@ def fid_overrides(weights: Path) -> list[str]:
 
 def regenerate(ckpt: Path, shares: list[int], steps: int = 3, batch_size: int = 16) -> torch.Tensor:
     """The callback's fake images of each rank (seed `0 + rank`), from the checkpoint, as uint8."""
-    model = LitDiffusion.load_from_checkpoint(ckpt, map_location="cpu")
+    model = load_model(ckpt, "cpu")  # as sample.py reads it (weights_only=True)
     images = [
-        model.sample_images(n, "ddim", steps, 0.0, seed=rank, batch_size=batch_size)
+        model.sample_images(n, DDIM(steps=steps), seed=rank, batch_size=batch_size)
         for rank, n in enumerate(shares)
     ]
     return uint8(torch.cat(images))

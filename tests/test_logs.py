@@ -57,7 +57,7 @@ def test_default_run_logs_once_to_its_file_and_warns_of_nothing(tmp_path: Path) 
             sys.executable,
             "train.py",
             "trainer.max_epochs=1",
-            "callbacks.sample_grid.steps=3",
+            "callbacks.sample_grid.sampler.steps=3",
             "callbacks.sample_grid.num_samples=4",
             f"paths.log_dir={tmp_path}",
         ],

@@ -54,12 +54,12 @@ TINY_MODEL = [
 ]
 SHORT_RUN = [
     "data.batch_size=32",
-    "model.warmup_steps=2",
+    "model.scheduler.warmup_steps=2",
     "++trainer.limit_train_batches=2",
     "++trainer.limit_val_batches=1",
     "trainer.max_epochs=1",
     "trainer.check_val_every_n_epoch=1",
-    "callbacks.sample_grid.steps=3",
+    "callbacks.sample_grid.sampler.steps=3",
     "callbacks.sample_grid.num_samples=4",
     "callbacks.sample_grid.nrow=2",
 ]

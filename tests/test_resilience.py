@@ -154,7 +154,7 @@ def test_non_finite_loss_stops_at_once_and_no_nan_checkpoint_is_saved(
     # A learning rate that diverges on the first update: stopped at step 1, nothing saved.
     diverge = [*RUN, "model.optimizer.lr=1e4", "trainer.gradient_clip_val=null"]
     with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 1 .*lower learning rate"):
-        run(compose_train([*diverge, "model.warmup_steps=0"], tmp_path / "lr"))
+        run(compose_train([*diverge, "model.scheduler.warmup_steps=0"], tmp_path / "lr"))
     status = json.loads((tmp_path / "lr" / "status.json").read_text())
     assert status["status"] == "failed" and "TrainingDivergedError" in status["error"]
     assert not list((tmp_path / "lr").glob("checkpoints/*.ckpt"))
@@ -176,7 +176,9 @@ def test_non_finite_loss_stops_at_once_and_no_nan_checkpoint_is_saved(
 def test_user_error_inside_fit_writes_no_interrupted_checkpoint(tmp_path: Path) -> None:
     # Raised in configure_optimizers, inside trainer.fit (Lightning's OnExceptionCheckpoint
     # saved an untrained model there).
-    cfg = compose_train([*RUN, "model.lr_decay=cosine", "model.warmup_steps=50"], tmp_path)
+    cfg = compose_train(
+        [*RUN, "model.scheduler.decay=cosine", "model.scheduler.warmup_steps=50"], tmp_path
+    )
     with pytest.raises(UserError, match="warmup_steps=50"):
         run(cfg)
     assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()

@@ -165,11 +165,15 @@ def test_a_good_checkpoint_loads_and_its_wandb_run_id_is_read(
 def test_weights_that_do_not_fit_name_the_keys_and_shapes(
     checkpoint: Path, contents: dict[str, Any], tmp_path: Path
 ) -> None:
-    # hyper_parameters describing a wider U-Net than the weights it holds
-    hparams = contents["hyper_parameters"]
+    # a run_config describing a wider U-Net than the weights it holds
+    run_config = contents["run_config"]
+    model_cfg = run_config["model"]
     wider = {
         **contents,
-        "hyper_parameters": {**hparams, "net": {**hparams["net"], "n_channels": 8}},
+        "run_config": {
+            **run_config,
+            "model": {**model_cfg, "net": {**model_cfg["net"], "n_channels": 8}},
+        },
     }
     torch.save(wider, tmp_path / "wider.ckpt")
     with pytest.raises(CheckpointError) as info:

@@ -131,6 +131,17 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
     )
     assert ddpm["sampler"] == "ddpm" and ddpm["steps"] == 50
 
+    # DPM-Solver++ from its config file (built by Hydra from `_target_`).
+    dpm_args = [f"ckpt_path={checkpoint}", "num_samples=2", "progress=false"]
+    dpm = sample.run(
+        compose_config(
+            "sample", [*dpm_args, "sampler=dpm_solver", "sampler.steps=5"], tmp_path / "dpm"
+        )
+    )
+    assert dpm["sampler"] == "dpm_solver" and dpm["steps"] == 5
+    assert dpm["sampler_settings"] == {"steps": 5, "spacing": "trailing"}
+    assert np.load(dpm["samples"])["images"].shape == (2, 8, 8, 1)
+
 
 def eval_args(checkpoint: Path) -> list[str]:
     return [

@@ -12,7 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from ddpm_unet.models.lit_diffusion import LitDiffusion, LRFactor
+from ddpm_unet.models.lr_schedules import LRFactor
+from ddpm_unet.sample import load_model
 from ddpm_unet.train import fit, run
 from ddpm_unet.utils.config_checks import ConfigError
 from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
@@ -69,8 +70,8 @@ def test_checkpoint_holds_ema_and_run_config_and_resume_continues(tmp_path: Path
     # samples were written by the grid callback
     assert sorted(p.name for p in (first / "samples").glob("*.png"))
 
-    # Resume: the model restored from last.ckpt before training has the saved EMA and step.
-    restored = LitDiffusion.load_from_checkpoint(last, map_location="cpu")
+    # The model rebuilt from last.ckpt alone (its run_config) has the saved EMA weights.
+    restored = load_model(last)
     ema_saved = ckpt["state_dict"]["ema.module.image_proj.weight"]
     assert torch.equal(restored.ema.module.image_proj.weight, ema_saved)
 
@@ -113,10 +114,12 @@ def test_bad_config_combination_fails_before_work(tmp_path: Path) -> None:
 def test_lit_module_warmup_and_ema_are_configured(tmp_path: Path) -> None:
     cfg = compose_train(TINY_OVERRIDES, tmp_path)
     with open_dict(cfg):
-        cfg.model.warmup_steps = 4
+        cfg.model.scheduler.warmup_steps = 4
     model = instantiate(cfg.model)
-    opt_cfg = model.configure_optimizers()
-    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    # What configure_optimizers does once a trainer knows the run length.
+    opt = model.optimizer_factory(model.net.parameters())
+    sched = model.scheduler_factory(opt, total_steps=6)
+    assert isinstance(opt, torch.optim.AdamW)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
@@ -141,8 +144,8 @@ def test_cosine_lr_decay_reaches_its_floor_at_the_last_step(tmp_path: Path) -> N
             *TINY_OVERRIDES,
             "debug=limit",
             "trainer.max_epochs=3",  # 3 epochs x 3 batches = 9 optimiser steps
-            "model.lr_decay=cosine",
-            "model.min_lr_ratio=0.2",
+            "model.scheduler.decay=cosine",
+            "model.scheduler.min_lr_ratio=0.2",
         ],
         tmp_path,
     )
@@ -166,11 +169,11 @@ def test_cosine_lr_decay_without_a_run_length_is_refused(tmp_path: Path) -> None
             "debug=limit",
             "trainer.max_epochs=-1",
             "trainer.max_time=00:00:00:05",
-            "model.lr_decay=cosine",
+            "model.scheduler.decay=cosine",
         ],
         tmp_path,
     )
-    with pytest.raises(ConfigError, match="model.lr_decay=cosine needs a known run length"):
+    with pytest.raises(ConfigError, match="model.scheduler.decay=cosine needs a known run length"):
         run(cfg)  # refused by the config checks, before any data or model is built
     assert not (tmp_path / "checkpoints").exists()
 

@@ -31,7 +31,8 @@ from ddpm_unet.metrics.reference_stats import (
     validate_reference_cache,
     write_cache_info,
 )
-from ddpm_unet.sample import generate, load_model, resolve_device, sampling_steps
+from ddpm_unet.models.samplers import build_sampler
+from ddpm_unet.sample import generate, load_model, resolve_device, sampling_info
 from ddpm_unet.utils.checkpoint import read_lit_checkpoint
 from ddpm_unet.utils.config_checks import check_eval_config
 from ddpm_unet.utils.errors import UserError
@@ -94,6 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metric_flags = {k: bool(cfg.metrics.get(k, False)) for k in ("fid", "kid", "isc", "prc")}
     if not any(metric_flags.values()):
         raise UserError("metrics: every metric is off; enable at least one of fid/kid/isc/prc.")
+    sampler = build_sampler(cfg.get("sampler"))  # bad sampler settings stop the run here
     # 1. The weights before anything slow: a missing file must not cost a sampling run.
     weights = resolve_inception_weights(
         cfg.get("inception_weights"),
@@ -130,14 +132,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cached_before = cache_files(cache_root, reference.cache_name) if use_cache else {}
 
     # 4. Samples.
-    sampler = cfg.sampler
     start = time.perf_counter()
     images = generate(
         model,
         num_samples,
-        sampler=sampler.name,
-        steps=sampler.get("steps"),
-        eta=float(sampler.get("eta", 0.0)),
+        sampler,
         seed=cfg.get("seed"),
         batch_size=cfg.get("batch_size"),
         progress=bool(cfg.get("progress", True)),
@@ -185,9 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "ckpt_path": str(cfg.ckpt_path),
         "epoch": epoch,
         "global_step": global_step,
-        "sampler": sampler.name,
-        "steps": sampling_steps(model, sampler.name, sampler.get("steps")),
-        "eta": float(sampler.get("eta", 0.0)),
+        **sampling_info(sampler, model.diffusion.num_timesteps),
         "seed": cfg.get("seed"),
         "inception_weights": str(weights),
         "device": str(device),

@@ -28,6 +28,7 @@ from torchvision.utils import save_image
 
 from ddpm_unet.metrics.fidelity import to_uint8_hwc
 from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.models.samplers import DDPM, Sampler, build_sampler
 from ddpm_unet.utils.checkpoint import (
     CheckpointNotFoundError,
     model_from_checkpoint,
@@ -67,25 +68,31 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
     return model.to(device).eval()
 
 
-def sampling_steps(model: LitDiffusion, sampler: str, steps: int | None) -> int:
-    """Number of network evaluations per image of `sampler` (for the progress bar)."""
-    if sampler == "ddim":
-        return len(model.diffusion.ddim_timesteps(50 if steps is None else steps))
-    return model.diffusion.num_timesteps
+def sampling_info(sampler: Sampler, num_timesteps: int) -> dict[str, Any]:
+    """What `sample_info.json`/`metrics.json` record of the sampler: its name, its model calls
+    per image (`steps`) and every setting (`sampler_settings`)."""
+    settings = sampler.settings()
+    settings.pop("sampler")
+    return {
+        "sampler": sampler.name,
+        "steps": sampler.num_model_calls(num_timesteps),
+        "sampler_settings": settings,
+    }
 
 
 def generate(
     model: LitDiffusion,
     num_samples: int,
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
+    sampler: Sampler | None = None,
     seed: int | None = 0,
     batch_size: int | None = None,
     use_ema: bool = True,
     progress: bool = True,
 ) -> torch.Tensor:
-    """`[num_samples, C, H, W]` images in [-1, 1] with one progress bar over all batches' steps."""
+    """`[num_samples, C, H, W]` images in [-1, 1] with one progress bar over all batches' steps.
+
+    `sampler`: a `Sampler` (DDPM over all T steps when None)."""
+    sampler = DDPM() if sampler is None else sampler
     bar: Any = None
     wrap: bool | Callable[[Iterable[int]], Iterable[int]] = False
     if progress:
@@ -94,8 +101,8 @@ def generate(
         batch = batch_size or num_samples
         n_batches = -(-num_samples // batch)
         bar = tqdm(
-            total=n_batches * sampling_steps(model, sampler, steps),
-            desc=f"{sampler} sampling {num_samples} images",
+            total=n_batches * sampler.num_model_calls(model.diffusion.num_timesteps),
+            desc=f"{sampler.name} sampling {num_samples} images",
             unit="step",
         )
 
@@ -107,9 +114,7 @@ def generate(
     try:
         return model.sample_images(
             num_samples,
-            sampler=sampler,  # type: ignore[arg-type]
-            steps=steps,
-            eta=eta,
+            sampler,
             seed=seed,
             batch_size=batch_size,
             use_ema=use_ema,
@@ -150,16 +155,14 @@ def save_outputs(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load `cfg.ckpt_path`, sample `cfg.num_samples` images, write them; return the info dict."""
     check_sample_config(cfg)  # bad values name their key here, before the checkpoint is read
+    sampler = build_sampler(cfg.get("sampler"))  # bad sampler settings stop here too
     device = resolve_device(cfg.get("device"))
     model = load_model(cfg.get("ckpt_path"), device)
-    sampler = cfg.sampler
     start = time.perf_counter()
     images = generate(
         model,
         int(cfg.num_samples),
-        sampler=sampler.name,
-        steps=sampler.get("steps"),
-        eta=float(sampler.get("eta", 0.0)),
+        sampler,
         seed=cfg.get("seed"),
         batch_size=cfg.get("batch_size"),
         use_ema=bool(cfg.get("use_ema", True)),
@@ -178,9 +181,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "ckpt_path": str(cfg.ckpt_path),
         "num_samples": int(cfg.num_samples),
         "shape": list(images.shape[1:]),
-        "sampler": sampler.name,
-        "steps": sampling_steps(model, sampler.name, sampler.get("steps")),
-        "eta": float(sampler.get("eta", 0.0)),
+        **sampling_info(sampler, model.diffusion.num_timesteps),
         "seed": cfg.get("seed"),
         "batch_size": cfg.get("batch_size"),
         "use_ema": bool(cfg.get("use_ema", True)),

@@ -17,10 +17,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ddpm_unet.callbacks import signals
 from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
@@ -68,10 +68,18 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
 
 
 def run_config_of(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config as plain data, without Hydra's own settings."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+    """The resolved run config as plain data, without Hydra's own settings.
+
+    Key by key, so that Hydra's section is dropped without being resolved: composed with
+    `return_hydra_config=True` outside a Hydra run, it holds unset values (`hydra.job.num`).
+    """
+    return {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if isinstance(cfg[key], DictConfig | ListConfig)
+        else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
 
 
 def fit(cfg: DictConfig) -> dict[str, float]:
@@ -89,6 +97,8 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     configure_wandb(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     log_hyperparameters(cfg, model, trainer)
     if trainer.world_size == 1:

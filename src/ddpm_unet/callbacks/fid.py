@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
 from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weights_copy
 from ddpm_unet.metrics.reference_stats import select_indices
-from ddpm_unet.models.diffusion import SamplerName
+from ddpm_unet.models.samplers import DDIM, Sampler
 from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ class FIDCallback(L.Callback):
         num_samples: generated images per evaluation, over all ranks.
         num_real: real images (a seeded subset of `real_split`; None = all of it).
         real_split: "val" or "train": which split of the DataModule the samples are compared with.
-        sampler, steps, eta: sampler of the generated images (DDIM with few steps: an estimate
-            that is cheap enough to run during training; `eval.py` does the full evaluation).
+        sampler: a `ddpm_unet.models.samplers.Sampler` for the generated images (None: DDIM with
+            25 steps, an estimate cheap enough to run during training; `eval.py` does the full
+            evaluation).
         seed: noise seed of rank 0 (rank r uses `seed + r`): every evaluation sees the same noise,
             so changes in FID come from the weights.
         batch_size: images sampled at once per rank.
@@ -106,9 +107,7 @@ class FIDCallback(L.Callback):
         num_samples: int = 1000,
         num_real: int | None = None,
         real_split: str = "val",
-        sampler: SamplerName = "ddim",
-        steps: int | None = 25,
-        eta: float = 0.0,
+        sampler: Sampler | None = None,
         seed: int = 0,
         batch_size: int = 250,
         feature: int = 2048,
@@ -133,9 +132,13 @@ class FIDCallback(L.Callback):
         self.num_samples = num_samples
         self.num_real = num_real
         self.real_split = real_split
-        self.sampler = sampler
-        self.steps = steps
-        self.eta = eta
+        if sampler is not None and not isinstance(sampler, Sampler):
+            raise UserError(
+                f"callbacks.fid.sampler={sampler!r} is not a sampler: give a config with "
+                f"_target_, e.g. callbacks.fid.sampler={{_target_: "
+                f"ddpm_unet.models.samplers.ddim.DDIM, steps: 25}}."
+            )
+        self.sampler = DDIM(steps=25) if sampler is None else sampler
         self.seed = seed
         self.batch_size = batch_size
         self.feature = feature
@@ -268,8 +271,6 @@ class FIDCallback(L.Callback):
         images = pl_module.sample_images(
             n_fake,
             self.sampler,
-            self.steps,
-            self.eta,
             seed=self.seed + rank,
             batch_size=self.batch_size,
             progress=show,

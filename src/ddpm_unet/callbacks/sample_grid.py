@@ -9,7 +9,7 @@ import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm_unet.models.diffusion import SamplerName
+from ddpm_unet.models.samplers import DDIM, Sampler
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
 
@@ -19,7 +19,9 @@ __all__ = ["SampleGrid", "images_to_grid", "log_grid"]
 class SampleGrid(L.Callback):
     """Every `every_n_epochs` epochs (and after the last one), sample `num_samples` images.
 
-    The grid goes to `<output_dir>/epoch_<e>_step_<s>.png` (and `final.png` at the end) and, as an
+    `sampler`: a `ddpm_unet.models.samplers.Sampler` (built by Hydra from the config's nested
+    `sampler:` block; DDIM with 100 steps when None). The grid goes to
+    `<output_dir>/epoch_<e>_step_<s>.png` (and `final.png` at the end) and, as an
     image, to every attached logger that takes images (W&B, TensorBoard). Only rank zero samples;
     sampling runs no collective operation, so the other ranks are not blocked by it.
     """
@@ -29,9 +31,7 @@ class SampleGrid(L.Callback):
         output_dir: str,
         every_n_epochs: int = 10,
         num_samples: int = 64,
-        sampler: SamplerName = "ddpm",
-        steps: int | None = None,
-        eta: float = 0.0,
+        sampler: Sampler | None = None,
         seed: int = 0,
         nrow: int | None = None,
         upscale: int = 1,
@@ -43,9 +43,13 @@ class SampleGrid(L.Callback):
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
-        self.sampler = sampler
-        self.steps = steps
-        self.eta = eta
+        if sampler is not None and not isinstance(sampler, Sampler):
+            raise UserError(
+                f"callbacks.sample_grid.sampler={sampler!r} is not a sampler: give a config with "
+                f"_target_, e.g. callbacks.sample_grid.sampler={{_target_: "
+                f"ddpm_unet.models.samplers.ddim.DDIM, steps: 100}}."
+            )
+        self.sampler = DDIM(steps=100) if sampler is None else sampler
         self.seed = seed
         self.nrow = nrow or max(1, int(num_samples**0.5))
         self.upscale = upscale
@@ -71,9 +75,7 @@ class SampleGrid(L.Callback):
                 final.write_bytes(self.last_grid_path.read_bytes())
                 self.last_grid_path = final
             return
-        images = pl_module.sample_images(
-            self.num_samples, self.sampler, self.steps, self.eta, seed=self.seed
-        )
+        images = pl_module.sample_images(self.num_samples, self.sampler, seed=self.seed)
         # One conversion to 8-bit pixels: the PNG and every logger show the same values.
         pixels = grid_to_uint8(images_to_grid(images, self.nrow, self.upscale))
         filename = f"{name}_step_{trainer.global_step:07d}.png" if name != "final" else "final.png"

@@ -1,42 +1,41 @@
-"""The LightningModule: owns the U-Net, the diffusion process, the EMA weights and the optimiser.
+"""The LightningModule: trains an eps-network with a diffusion process, keeps its EMA weights.
 
-The network (`models/unet.py`) and the diffusion maths (`models/diffusion.py`) know nothing of
-Lightning; this module wires them into a training loop:
+It receives its parts built (as lightning-hydra-template's modules do): the network (`net`, any
+`nn.Module` with `forward(x, t)`, e.g. `models/unet.py`), the diffusion process
+(`models/diffusion.py`), and the optimiser and learning-rate schedule as partial callables
+(`_partial_: true` in `configs/model/*.yaml`). The configs say what is built; this module says
+how it trains:
 
-* `train/loss`: the simple epsilon-prediction MSE on random steps and noise;
-* `val/loss`: the same loss on steps and noise drawn from a generator seeded per validation batch,
-  so the number is comparable between epochs;
+* `train/loss`: the diffusion loss on random steps and noise;
+* `val/loss` and `val/loss_ema`: the same loss of the raw and of the EMA weights, on steps and
+  noise drawn from a generator seeded per validation batch, so the numbers are comparable between
+  epochs (and between the two weight sets);
 * an exponential moving average of the weights (`torch.optim.swa_utils.AveragedModel`), updated
-  after every optimiser step, saved in checkpoints and used for sampling;
-* AdamW with a linear learning-rate warm-up; gradient clipping comes from the trainer config;
+  once per optimiser step (not per micro-batch under gradient accumulation), saved in checkpoints
+  and used for sampling;
 * optional `torch.compile` of the training forward.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ddpm_unet.models.diffusion import GaussianDiffusion, SamplerName
-from ddpm_unet.models.unet import UNet
+from ddpm_unet.models.diffusion import GaussianDiffusion
+from ddpm_unet.models.samplers import DDPM, Sampler
+from ddpm_unet.models.samplers.base import Progress
 from ddpm_unet.utils.errors import UserError
 
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists, so hyperparameters and checkpoints hold data."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return value
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+"""`optimizer(params) -> Optimizer`: a `_partial_` optimiser (lr, betas, ... bound)."""
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+"""`scheduler(optimizer, total_steps=N) -> LRScheduler`, stepped once per optimiser step."""
 
 
 class EMAUpdate:
@@ -60,36 +59,16 @@ class EMAUpdate:
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
 
 
-class LRFactor:
-    """`LambdaLR` multiplier after `step` optimiser steps: linear warm-up over `warmup` steps,
-    then 1, or, with `total`, a half cosine from 1 down to `min_ratio` at step `total`.
-
-    A class, not a closure, so the module pickles (`ddp_spawn`)."""
-
-    def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.0) -> None:
-        self.warmup = warmup
-        self.total = total
-        self.min_ratio = min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.total is None:
-            return 1.0
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class LitDiffusion(L.LightningModule):
-    """DDPM training of a `UNet` noise predictor.
+    """Diffusion training of an eps-network `net`.
 
-    * `net`: `UNet` keyword arguments (`image_channels`, `n_channels`, `ch_mults`, ...)
-    * `diffusion`: `GaussianDiffusion` keyword arguments (`num_timesteps`, `schedule`, ...)
-    * `image_size`: height and width of the training images (used for sampling)
-    * `optimizer`: AdamW keyword arguments (`lr`, `betas`, `weight_decay`, `eps`)
-    * `warmup_steps`: linear learning-rate warm-up from 0 over this many optimiser steps
-    * `lr_decay`: after the warm-up, `none` keeps the rate constant (DDPM); `cosine` decays it to
-      `min_lr_ratio * lr` at the run's last step (`trainer.max_steps` or `max_epochs`)
+    * `net`: the network, `net(x [b, C, H, W], t [b]) -> [b, C, H, W]` (a `UNet`, or any module
+      with that call)
+    * `diffusion`: the process (`GaussianDiffusion`): loss and samplers
+    * `optimizer`: `optimizer(params)` builds the optimiser (`_partial_` in the config)
+    * `scheduler`: `scheduler(optimizer, total_steps=...)` builds the per-step learning-rate
+      schedule, or None for a constant rate
+    * `image_size`, `image_channels`: shape of the training images (used for sampling)
     * `ema_decay`, `ema_warmup`: EMA of the weights (see `EMAUpdate`)
     * `compile`: wrap the training forward in `torch.compile`
     * `channels_last`: keep weights and batches in NHWC layout (faster convolutions on GPUs and on
@@ -103,13 +82,12 @@ class LitDiffusion(L.LightningModule):
 
     def __init__(
         self,
-        net: Mapping[str, Any],
-        diffusion: Mapping[str, Any] | None = None,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
         image_size: int = 32,
-        optimizer: Mapping[str, Any] | None = None,
-        warmup_steps: int = 0,
-        lr_decay: str = "none",
-        min_lr_ratio: float = 0.0,
+        image_channels: int | None = None,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         compile: bool = False,
@@ -118,42 +96,25 @@ class LitDiffusion(L.LightningModule):
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        net, diffusion, optimizer = _plain(net), _plain(diffusion or {}), _plain(optimizer or {})
         if not 0.0 <= ema_decay < 1.0:
             raise UserError(f"ema_decay={ema_decay} must be in [0, 1), e.g. 0.9999.")
-        if warmup_steps < 0:
-            raise UserError(f"warmup_steps={warmup_steps} must be >= 0.")
-        if lr_decay not in ("none", "cosine"):
-            raise UserError(f"lr_decay={lr_decay!r} must be 'none' (DDPM) or 'cosine'.")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise UserError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1].")
+        # The built objects are not hyper-parameters: the checkpoint's `run_config` says how to
+        # build them again (and a pickled partial would not load with weights_only=True).
         self.save_hyperparameters(
-            {
-                "net": net,
-                "diffusion": diffusion,
-                "image_size": image_size,
-                "optimizer": optimizer,
-                "warmup_steps": warmup_steps,
-                "lr_decay": lr_decay,
-                "min_lr_ratio": min_lr_ratio,
-                "ema_decay": ema_decay,
-                "ema_warmup": ema_warmup,
-                "compile": compile,
-                "channels_last": channels_last,
-                "val_seed": val_seed,
-            }
+            ignore=["net", "diffusion", "optimizer", "scheduler", "run_config"], logger=False
         )
-        self.run_config = _plain(run_config)
-        self.net = UNet(**net)
-        self.diffusion = GaussianDiffusion(**diffusion)
-        factor = self.net.downsampling_factor
-        if image_size % factor:
-            raise UserError(
-                f"image_size={image_size} is not divisible by {factor} = 2 ** (len(ch_mults) - 1) "
-                f"for ch_mults={list(self.net.ch_mults)}: set data.image_size to a multiple of "
-                f"{factor} or use fewer levels in model.net.ch_mults."
-            )
+        self.run_config = run_config
+        self.net = net
+        self.diffusion = diffusion
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        check_image_size = getattr(net, "check_image_size", None)
+        if check_image_size is not None:  # a UNet knows which sizes its levels can halve
+            check_image_size(image_size, size_key="data.image_size")
         self.image_size = image_size
+        self.image_channels = (
+            image_channels if image_channels is not None else int(net.image_channels)
+        )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Before the EMA copy is made, so that both hold their weights in the same layout.
         self.net.to(memory_format=self.memory_format)
@@ -162,6 +123,7 @@ class LitDiffusion(L.LightningModule):
         )
         # The average is not trained: without this DDP would wait for its gradients.
         self.ema.requires_grad_(False)
+        self._ema_step = 0  # the optimiser step the average last took in
         self._compiled_net: Any = None  # set in configure_model when `compile`
 
     # ----------------------------------------------------------------- set-up
@@ -172,7 +134,7 @@ class LitDiffusion(L.LightningModule):
 
     @property
     def num_parameters(self) -> int:
-        """Parameters of the U-Net (the EMA copy not counted)."""
+        """Parameters of the network (the EMA copy not counted)."""
         return sum(p.numel() for p in self.net.parameters())
 
     # ----------------------------------------------------------------- training
@@ -189,58 +151,46 @@ class LitDiffusion(L.LightningModule):
             self.net if self._compiled_net is None else self._compiled_net, batch
         )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         return loss
 
+    def on_train_start(self) -> None:
+        # After a resume the average already holds the steps before `global_step`.
+        self._ema_step = self.trainer.global_step
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema.update_parameters(self.net)
+        # Once per optimiser step: under gradient accumulation `global_step` advances only on the
+        # micro-batch that steps the optimiser (the test of this is in tests/test_lit_module.py).
+        if self.trainer.global_step > self._ema_step:
+            self.ema.update_parameters(self.net)
+            self._ema_step = self.trainer.global_step
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         batch = self._in_layout(batch)
-        # Fixed draws per batch index (made on the CPU, so identical on every device and epoch).
+        # Fixed draws per batch index (made on the CPU, so identical on every device and epoch),
+        # shared by the raw and the EMA weights, so their losses compare.
         gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (batch.shape[0],), generator=gen)
-        noise = torch.randn(batch.shape, generator=gen)
-        loss = self.diffusion.loss(
-            self.net, batch, t.to(self.device), noise.to(self.device, batch.dtype)
-        )
+        t, noise = t.to(self.device), torch.randn(batch.shape, generator=gen).to(self.device)
+        noise = noise.to(batch.dtype)
+        loss = self.diffusion.loss(self.net, batch, t, noise)
+        loss_ema = self.diffusion.loss(self.ema.module, batch, t, noise)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val/loss_ema", loss_ema, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt_kwargs = {
-            "lr": 2e-4,
-            "betas": (0.9, 0.999),
-            "weight_decay": 0.0,
-            **self.hparams.optimizer,
-        }
-        opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
-        optimizer = torch.optim.AdamW(self.net.parameters(), **opt_kwargs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_fn())
+        optimizer = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        # The run length in optimiser steps, for schedules that decay to its end.
+        scheduler = self.scheduler_factory(
+            optimizer, total_steps=self.trainer.estimated_stepping_batches
+        )
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+            # "name": what LearningRateMonitor logs it as
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
-
-    def _lr_factor_fn(self) -> LRFactor:
-        """The learning-rate multiplier per optimiser step: linear warm-up, then constant (DDPM)
-        or a cosine decay to `min_lr_ratio` at the run's last step."""
-        warmup = self.hparams.warmup_steps
-        if self.hparams.get("lr_decay", "none") == "none":
-            return LRFactor(warmup)
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise UserError(
-                "model.lr_decay=cosine needs a known run length: set trainer.max_steps or "
-                "trainer.max_epochs, or use model.lr_decay=none."
-            )
-        if total <= warmup:
-            raise UserError(
-                f"model.lr_decay=cosine decays after the warm-up, but the run has only {total} "
-                f"optimiser steps and model.warmup_steps={warmup}: lower the warm-up or train "
-                f"longer."
-            )
-        return LRFactor(warmup, int(total), self.hparams.get("min_lr_ratio", 0.0))
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -261,31 +211,30 @@ class LitDiffusion(L.LightningModule):
     def sample_images(
         self,
         num_samples: int,
-        sampler: SamplerName = "ddpm",
-        steps: int | None = None,
-        eta: float = 0.0,
+        sampler: Sampler | None = None,
         seed: int | None = 0,
         batch_size: int | None = None,
         use_ema: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
     ) -> torch.Tensor:
         """Generate `[num_samples, image_channels, image_size, image_size]` images in [-1, 1].
 
+        `sampler`: a `ddpm_unet.models.samplers.Sampler` (DDPM over all T steps when None).
         Uses the EMA weights unless `use_ema=False`; `seed` fixes the noise (same seed, same
-        images for the same `batch_size`); `batch_size` bounds memory (default: all at once).
+        images for the same `batch_size`); `batch_size` bounds memory (default: all at once);
+        `progress`: True for a bar per batch, or a callable wrapping each batch's step indices.
         """
+        sampler = DDPM() if sampler is None else sampler
         model = self.ema.module if use_ema else self.net
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         batch_size = batch_size or num_samples
-        shape = (self.net.image_channels, self.image_size, self.image_size)
+        shape = (self.image_channels, self.image_size, self.image_size)
         chunks = []
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             chunks.append(
-                self.diffusion.sample(
-                    model, (n, *shape), sampler, steps, eta, generator, progress=progress
-                )
+                sampler.sample(model, self.diffusion, (n, *shape), generator, progress=progress)
             )
         return torch.cat(chunks)

@@ -38,6 +38,27 @@ def _check_groups(name: str, channels: int, n_groups: int) -> None:
         )
 
 
+def check_image_size(
+    image_size: int,
+    ch_mults: Sequence[int],
+    size_key: str = "image_size",
+    mults_key: str = "ch_mults",
+) -> None:
+    """Raise `UserError` unless `image_size` halves `len(ch_mults) - 1` times without remainder.
+
+    The one statement of this rule: the U-Net, the LightningModule, the summary and the early
+    config check (with the config's keys as `size_key`/`mults_key`) all call it.
+    """
+    factor = 2 ** (len(ch_mults) - 1)
+    if image_size < 1 or image_size % factor:
+        what = "is not a positive multiple of" if image_size < 1 else "is not divisible by"
+        raise UserError(
+            f"{size_key}={image_size} {what} {factor} = 2 ** (len(ch_mults) - 1) for "
+            f"{mults_key}={list(ch_mults)}: use a positive multiple of {factor}, or fewer "
+            f"levels in {mults_key}."
+        )
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal embedding of the diffusion step `t`, followed by Linear, Swish, Linear.
 
@@ -447,6 +468,10 @@ class UNet(nn.Module):
     def downsampling_factor(self) -> int:
         """Height and width must be multiples of this: `2 ** (len(ch_mults) - 1)`."""
         return 2 ** (len(self.ch_mults) - 1)
+
+    def check_image_size(self, image_size: int, size_key: str = "image_size") -> None:
+        """Raise `UserError` unless square images of `image_size` fit this U-Net's levels."""
+        check_image_size(image_size, self.ch_mults, size_key)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

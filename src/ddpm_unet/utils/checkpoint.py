@@ -19,7 +19,7 @@ whatever the file holds) never reaches the user: messages are written here.
 
 from __future__ import annotations
 
-import inspect
+import os
 import pickle
 import re
 import zipfile
@@ -221,33 +221,73 @@ def check_state_dict_compatible(
 def model_from_checkpoint(
     checkpoint: Mapping[str, Any], path: str | Path, key: str = "ckpt_path"
 ) -> LitDiffusion:
-    """`LitDiffusion` built from the checkpoint's `hyper_parameters`, its weights loaded (CPU).
+    """`LitDiffusion` built from the checkpoint's `run_config["model"]`, its weights loaded (CPU).
 
-    The checkpoint must have passed `check_lit_checkpoint`. What Lightning's
-    `load_from_checkpoint` does, without reading the file a second time, and with a clear error
-    when the hyper-parameters do not build a model or the weights do not fit it.
+    The checkpoint must have passed `check_lit_checkpoint`. The model config is instantiated
+    with Hydra, as train.py built it, after every `_target_` in it was found among the trusted
+    ones (`trusted_targets`): a checkpoint is data, and an arbitrary `_target_` would be code.
+    Then the weights are loaded strictly, with a clear error when they do not fit.
     """
-    from ddpm_unet.models.lit_diffusion import LitDiffusion
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
 
-    accepted = inspect.signature(LitDiffusion.__init__).parameters
-    kwargs = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
-    try:
-        model = LitDiffusion(**kwargs)
-    except (TypeError, ValueError, KeyError) as err:
+    model_cfg = checkpoint["run_config"].get("model")
+    if not isinstance(model_cfg, Mapping) or "_target_" not in model_cfg:
         raise CheckpointError(
-            f"{key}={path}: its hyper_parameters do not build this project's model ({err}); "
-            f"it was written by another version or edited; {WHERE_CHECKPOINTS_ARE}."
+            f"{key}={path}: its run_config holds no model config with a _target_ to build; it "
+            f"was written by another version or edited; {WHERE_CHECKPOINTS_ARE}."
+        )
+    check_trusted_targets(model_cfg, path, key)
+    try:
+        model = instantiate(model_cfg, _convert_="object")
+    except (InstantiationException, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{key}={path}: its run_config's model does not build ({err}); it was written by "
+            f"another version or edited; {WHERE_CHECKPOINTS_ARE}."
         ) from None
     check_state_dict_compatible(
         model.state_dict(),
         checkpoint["state_dict"],
         path,
         key,
-        target="the model its hyper_parameters describe",
+        target="the model its run_config describes",
     )
     model.on_load_checkpoint(dict(checkpoint))
     model.load_state_dict(checkpoint["state_dict"])
     return model
+
+
+TRUSTED_TARGETS_ENV = "DDPM_UNET_TRUSTED_TARGETS"
+"""Comma-separated module prefixes whose `_target_`s a checkpoint may name, besides ours."""
+
+
+def trusted_targets() -> tuple[str, ...]:
+    """Prefixes of the `_target_`s a checkpoint's model config may name: this package, torch's
+    optimisers, and what `$DDPM_UNET_TRUSTED_TARGETS` adds (e.g. `mylab.nets.` for a network of
+    your own)."""
+    extra = os.environ.get(TRUSTED_TARGETS_ENV, "")
+    return ("ddpm_unet.", "torch.optim.", *(p.strip() for p in extra.split(",") if p.strip()))
+
+
+def check_trusted_targets(model_cfg: Any, path: str | Path, key: str = "ckpt_path") -> None:
+    """Raise `CheckpointError` if any `_target_` in `model_cfg` is outside `trusted_targets()`."""
+    allowed = trusted_targets()
+    stack, targets = [model_cfg], []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if "_target_" in node:
+                targets.append(str(node["_target_"]))
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    untrusted = [t for t in targets if not t.startswith(allowed)]
+    if untrusted:
+        raise CheckpointError(
+            f"{key}={path} was refused: its model config names {_some(untrusted)}, outside the "
+            f"trusted {', '.join(allowed)}; nothing of it was built. If you trust the file and "
+            f"its network, add its module: {TRUSTED_TARGETS_ENV}=<module prefix>."
+        )
 
 
 def check_resume_checkpoint(path: str | Path, model_cfg: Any, key: str = "ckpt_path") -> None:

@@ -22,7 +22,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from ddpm_unet.models.lr_schedules import check_warmup_cosine
+from ddpm_unet.models.unet import check_image_size
 from ddpm_unet.utils.errors import UserError
+
+UNET_TARGET = "ddpm_unet.models.unet.UNet"
+WARMUP_COSINE_TARGET = "ddpm_unet.models.lr_schedules.warmup_cosine"
 
 
 class ConfigError(UserError):
@@ -135,8 +140,7 @@ def check_values(cfg: DictConfig, rules: Sequence[Rule | Choice]) -> None:
 SAMPLING_RULES: tuple[Rule | Choice, ...] = (
     Rule("batch_size", POSITIVE_INT, "256", null_means="all images at once"),
     Rule("seed", SEED, "0", null_means="a random seed"),
-    Choice("sampler.name", ("ddpm", "ddim")),
-    Rule("sampler.steps", POSITIVE_INT, "50", null_means="all T steps (ddpm)"),
+    Rule("sampler.steps", POSITIVE_INT, "50"),
     Rule("sampler.eta", NON_NEGATIVE, "0.0"),
 )
 
@@ -180,8 +184,6 @@ TRAIN_RULES: tuple[Rule | Choice, ...] = (
     Rule("model.optimizer.lr", POSITIVE, "2e-4"),
     Rule("model.optimizer.weight_decay", NON_NEGATIVE, "0.0"),
     Rule("model.optimizer.eps", POSITIVE, "1e-8"),
-    Rule("model.warmup_steps", NON_NEGATIVE_INT, "5000"),
-    Rule("model.min_lr_ratio", FRACTION, "0.1"),
     Rule("model.ema_decay", DECAY, "0.9999"),
     Rule("model.val_seed", SEED, "1234"),
     Rule("trainer.max_epochs", LIMIT, "100", null_means="Lightning's default"),
@@ -200,11 +202,11 @@ TRAIN_RULES: tuple[Rule | Choice, ...] = (
     Rule("trainer.num_nodes", POSITIVE_INT, "1"),
     Rule("callbacks.sample_grid.every_n_epochs", POSITIVE_INT, "10"),
     Rule("callbacks.sample_grid.num_samples", POSITIVE_INT, "64"),
-    Rule("callbacks.sample_grid.steps", POSITIVE_INT, "100", null_means="all T steps (ddpm)"),
+    Rule("callbacks.sample_grid.sampler.steps", POSITIVE_INT, "100"),
     Rule("callbacks.fid.every_n_epochs", POSITIVE_INT, "50"),
     Rule("callbacks.fid.num_samples", AT_LEAST_TWO, "1000"),
     Rule("callbacks.fid.batch_size", POSITIVE_INT, "250"),
-    Rule("callbacks.fid.steps", POSITIVE_INT, "25", null_means="all T steps (ddpm)"),
+    Rule("callbacks.fid.sampler.steps", POSITIVE_INT, "25"),
 )
 
 
@@ -291,8 +293,12 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 
 def check_model_config(cfg: DictConfig) -> None:
-    """`model.net` and `data` agree: one attention flag per level, image size fits the levels."""
+    """`model.net` and `data` agree: one attention flag per level, image size fits the levels.
+
+    For the U-Net only: another network (`model.net._target_`) checks its own arguments."""
     net = cfg.model.net
+    if net.get("_target_", UNET_TARGET) != UNET_TARGET:
+        return
     for key, example in (("ch_mults", "[1,2,2]"), ("is_attn", "[false,true,false]")):
         if not isinstance(net.get(key), ListConfig | list | tuple):
             raise ConfigError(
@@ -318,13 +324,12 @@ def check_model_config(cfg: DictConfig) -> None:
             f"{ch_mults} has {len(ch_mults)}: give one attention flag per resolution, e.g. "
             f"model.net.is_attn=[{','.join(['false'] * len(ch_mults))}]."
         )
-    factor = 2 ** (len(ch_mults) - 1)
-    image_size = int(cfg.data.image_size)
-    if image_size % factor:
-        raise ConfigError(
-            f"data.image_size={image_size} is not divisible by {factor} = 2 ** (len(ch_mults) - 1)"
-            f" for model.net.ch_mults={ch_mults}: use fewer levels or a multiple of {factor}."
+    try:
+        check_image_size(
+            int(cfg.data.image_size), ch_mults, "data.image_size", "model.net.ch_mults"
         )
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_trainer_config(cfg: DictConfig) -> None:
@@ -342,22 +347,47 @@ def check_trainer_config(cfg: DictConfig) -> None:
 
 
 def check_schedule_config(cfg: DictConfig) -> None:
-    """A decaying learning rate needs to know where the run ends."""
-    if cfg.model.get("lr_decay", "none") != "cosine":
+    """The learning-rate schedule's own checks; a decaying rate needs to know where the run ends
+    (Lightning's step count, which the schedule sees, is known only once data is loaded)."""
+    scheduler = cfg.model.get("scheduler")
+    if scheduler is None or scheduler.get("_target_") != WARMUP_COSINE_TARGET:
+        return
+    decay = scheduler.get("decay", "none")
+    try:
+        check_warmup_cosine(
+            scheduler.get("warmup_steps", 0), decay, scheduler.get("min_lr_ratio", 0.0)
+        )
+    except UserError as err:
+        raise ConfigError(str(err)) from None
+    if decay != "cosine":
         return
     max_steps = cfg.trainer.get("max_steps", -1)
     max_epochs = cfg.trainer.get("max_epochs")
     if (max_steps is None or max_steps < 0) and (max_epochs is None or max_epochs < 0):
         raise ConfigError(
-            f"model.lr_decay=cosine needs a known run length, but trainer.max_steps={max_steps} "
-            f"and trainer.max_epochs={max_epochs}: set one of them, or use model.lr_decay=none."
+            f"model.scheduler.decay=cosine needs a known run length, but trainer.max_steps="
+            f"{max_steps} and trainer.max_epochs={max_epochs}: set one of them, or use "
+            "model.scheduler.decay=none."
         )
+
+
+def check_sampler(cfg: DictConfig, key: str) -> None:
+    """The sampler config at `key` builds (the sampler checks its own settings)."""
+    from ddpm_unet.models.samplers import build_sampler
+
+    if _select(cfg, key) is _ABSENT:
+        return
+    try:
+        build_sampler(OmegaConf.select(cfg, key), key)
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_sample_config(cfg: DictConfig) -> None:
     """`sample.py`'s values, before the checkpoint is read; raises `ConfigError`."""
     check_resolvable(cfg)
     check_values(cfg, SAMPLE_RULES)
+    check_sampler(cfg, "sampler")
     check_device("device", cfg.get("device"))
 
 
@@ -365,6 +395,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     """`eval.py`'s values, before the checkpoint is read; raises `ConfigError`."""
     check_resolvable(cfg)
     check_values(cfg, EVAL_RULES)
+    check_sampler(cfg, "sampler")
     check_device("device", cfg.get("device"))
 
 
@@ -376,6 +407,8 @@ def check_train_config(cfg: DictConfig) -> None:
     check_model_config(cfg)
     check_trainer_config(cfg)
     check_schedule_config(cfg)
+    for key in ("callbacks.sample_grid.sampler", "callbacks.fid.sampler"):
+        check_sampler(cfg, key)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         # Read as data only; a file that is no resumable checkpoint of this model (or of

@@ -47,9 +47,23 @@ def hydra_ddp_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
 
 
 def install_hydra_ddp_launcher() -> None:
-    """Make Lightning's `ddp` launcher start ranks with `hydra_ddp_subprocess_cmd`."""
+    """Make Lightning's `ddp` launcher start ranks with `hydra_ddp_subprocess_cmd`.
+
+    Lightning has no public hook for this: its launcher calls the private
+    `subprocess_script._hydra_subprocess_cmd` under Hydra. If a Lightning release renames it,
+    this stops with an error instead of silently starting every rank as a new run.
+    """
+    import lightning
     from lightning.pytorch.strategies.launchers import subprocess_script
 
+    if not callable(getattr(subprocess_script, "_hydra_subprocess_cmd", None)):
+        raise RuntimeError(
+            f"lightning {lightning.__version__} has no "
+            "lightning.pytorch.strategies.launchers.subprocess_script._hydra_subprocess_cmd, "
+            "which ddpm_unet replaces to start DDP ranks under Hydra (written for lightning "
+            "2.6): install a lightning version that has it, or update "
+            "ddpm_unet.utils.distributed."
+        )
     subprocess_script._hydra_subprocess_cmd = hydra_ddp_subprocess_cmd
 
 

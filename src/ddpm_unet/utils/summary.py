@@ -31,13 +31,8 @@ def example_inputs(
     They live on the model's device and `x` has its dtype, so a model already moved to a GPU or
     cast to half precision can be summarised as it is.
     """
-    factor = model.downsampling_factor
-    if image_size < 1 or image_size % factor:
-        # Checked here because torchinfo would wrap the U-Net's own error in a generic one.
-        raise UserError(
-            f"image_size={image_size} must be a positive multiple of {factor} = "
-            f"2 ** (len(ch_mults) - 1) for ch_mults={model.ch_mults}."
-        )
+    # Checked here because torchinfo would wrap the U-Net's own error in a generic one.
+    model.check_image_size(image_size)
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1.")
     param = next(model.parameters())

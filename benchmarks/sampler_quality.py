@@ -1,0 +1,128 @@
+"""Sample quality against model calls: DDPM-1000, DDIM 10/20/50/100, DPM-Solver++ 10/20, side by
+side on one digits checkpoint, judged by the classifier of benchmarks/digits_quality.py.
+
+    python benchmarks/sampler_quality.py logs/train/runs/<ts>/checkpoints/last.ckpt [--num 600]
+    python benchmarks/sampler_quality.py <ckpt> --markdown benchmarks/results/sampler_quality.md
+
+For each sampler: model calls per image, wall time for `--num` images (same seed and batch),
+and on those images the SVM judge's share of confident images (top class probability >= 0.9),
+mean top probability, classes present, and the share of near-black-or-white pixels; the
+held-out real digits give the ceiling. `quality_vs_ddpm` is the confident share relative to
+DDPM-1000's. A smaller `--samplers` list (e.g. `ddim:10 dpm_solver:10`) runs only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # digits_quality, beside this file
+
+from digits_quality import make_sampler, summarize  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.svm import SVC  # noqa: E402
+
+from ddpm_unet.sample import load_model  # noqa: E402
+
+DEFAULT_SAMPLERS = [
+    "ddpm",
+    "ddim:10",
+    "ddim:20",
+    "ddim:50",
+    "ddim:100",
+    "dpm_solver:10",
+    "dpm_solver:20",
+]
+
+
+def parse_sampler(spec: str):
+    """`name[:steps]` -> a sampler (DDIM deterministic, eta = 0)."""
+    name, _, steps = spec.partition(":")
+    return make_sampler(name, int(steps) if steps else None, 0.0)
+
+
+def judge() -> tuple[SVC, np.ndarray]:
+    """The SVM of digits_quality.py, trained on 70% of the real digits, and held-out digits."""
+    digits = load_digits()
+    x_train, x_test, y_train, _ = train_test_split(
+        digits.data, digits.target, test_size=0.3, random_state=0, stratify=digits.target
+    )
+    return SVC(probability=True, random_state=0).fit(x_train, y_train), x_test
+
+
+def to_digits_scale(samples: torch.Tensor) -> np.ndarray:
+    """`[N, 1, 8, 8]` in [-1, 1] -> `[N, 64]` on the dataset's 0..16 scale."""
+    return ((samples[:, 0].reshape(len(samples), -1).numpy() + 1) / 2 * 16).clip(0, 16)
+
+
+def markdown(rows: list[dict], real: dict, ckpt: str, num: int) -> str:
+    lines = [
+        f"Checkpoint `{ckpt}`, {num} images per sampler, seed 0; judge: SVM on real digits.",
+        "",
+        "| sampler | model calls | wall s | confident | vs DDPM | mean top prob | classes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        vs = "-" if r["quality_vs_ddpm"] is None else f"{r['quality_vs_ddpm']:.2f}"
+        lines.append(
+            f"| {r['label']} | {r['model_calls']} | {r['wall_s']:.1f} | "
+            f"{r['confident_share']:.3f} | {vs} | {r['mean_top_prob']:.3f} | "
+            f"{r['classes_present']} |"
+        )
+    lines.append(
+        f"| real digits (held out) | - | - | {real['confident_share']:.3f} | - | "
+        f"{real['mean_top_prob']:.3f} | {real['classes_present']} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ckpt_path")
+    parser.add_argument("--num", type=int, default=600, help="images per sampler")
+    parser.add_argument("--batch-size", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, help="name[:steps]")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+
+    torch.set_grad_enabled(False)
+    model = load_model(args.ckpt_path, "cpu")
+    clf, real = judge()
+    rows = []
+    for spec in args.samplers:
+        sampler = parse_sampler(spec)
+        start = time.perf_counter()
+        samples = model.sample_images(args.num, sampler, seed=args.seed, batch_size=args.batch_size)
+        wall = time.perf_counter() - start
+        fake = to_digits_scale(samples)
+        rows.append(
+            {
+                "label": spec,
+                "model_calls": sampler.num_model_calls(model.diffusion.num_timesteps),
+                "wall_s": wall,
+                **summarize(clf.predict_proba(fake), fake),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    ddpm = next((r for r in rows if r["label"] == "ddpm"), None)
+    for r in rows:
+        base = ddpm["confident_share"] if ddpm else 0.0
+        r["quality_vs_ddpm"] = r["confident_share"] / base if base > 0 else None
+    real_summary = summarize(clf.predict_proba(real[: args.num]), real[: args.num])
+    table = markdown(rows, real_summary, args.ckpt_path, args.num)
+    print(table)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The sampler interface: the steps a sampler visits, one step, and the loop all samplers share.
+
+A sampler is a small dataclass built from `configs/sampler/<name>.yaml` (`_target_`). It knows
+nothing of the network's target: it gets `(x0, eps)` from `GaussianDiffusion.split_prediction`,
+so every sampler works for `eps`, `x0` and `v` models. Its coefficients are float64 Python
+numbers (from `diffusion.alpha_bar_at`), cast once when they meet the float32 images.
+
+Adding a sampler is one file here and one config: subclass `Sampler`, set `name`, implement
+`timesteps` and `step` (keep what a multistep method needs between steps in `chain.memory`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm_unet.models.diffusion import GaussianDiffusion
+from ddpm_unet.utils.errors import UserError
+
+Spacing = Literal["linspace", "leading", "trailing"]
+SPACINGS = ("linspace", "leading", "trailing")
+Progress = bool | Callable[[Iterable[int]], Iterable[int]]
+
+
+def check_steps(steps: Any) -> None:
+    """`steps` is a whole number >= 1 (the upper bound, T, is checked in `spaced_timesteps`)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(
+            f"sampler.steps={steps!r} must be a whole number >= 1, e.g. sampler.steps=50."
+        )
+
+
+def check_spacing(spacing: Any) -> None:
+    if spacing not in SPACINGS:
+        raise UserError(
+            f"sampler.spacing={spacing!r} is unknown: use one of {', '.join(SPACINGS)}."
+        )
+
+
+def spaced_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[int]:
+    """`steps` distinct steps of `[0, T)`, descending; the names are diffusers' `timestep_spacing`.
+
+    * `linspace`: `round(linspace(T - 1, 0, steps))`, from `T - 1` down to 0 (DDIM's uniform
+      skip, as diffusers' DDIMScheduler has it for `steps > 1`; the gaps may differ by one);
+    * `leading`: `k * (T // steps)` for `k = steps - 1 .. 0`, from below `T - 1` down to 0;
+    * `trailing`: `round(T - k * T / steps) - 1` for `k = 0 .. steps - 1`, from `T - 1` down to
+      `T / steps - 1` (Lin et al. 2024: starts from the noisiest step; best for few steps).
+
+    Computed in float64 with exactly `steps` entries (an `arange` with a float step can give
+    one more).
+    """
+    T = num_timesteps
+    if not 1 <= steps <= T:
+        raise UserError(
+            f"sampler.steps={steps} must be between 1 and num_timesteps={T} (the model's "
+            f"model.diffusion.num_timesteps): e.g. sampler.steps={min(50, T)}."
+        )
+    k = np.arange(steps, dtype=np.float64)
+    if spacing == "linspace":
+        values = np.linspace(T - 1, 0, steps, dtype=np.float64).round()
+    elif spacing == "leading":
+        values = (k * (T // steps))[::-1]
+    else:
+        values = np.round(T - k * T / steps) - 1
+    return [int(v) for v in values]
+
+
+@dataclass
+class Chain:
+    """One run of a sampler: the process, the steps it visits (`[t_0 > t_1 > ...]`), the noise
+    generator, and `memory` for what a multistep method keeps between steps."""
+
+    diffusion: GaussianDiffusion
+    timesteps: list[int]
+    generator: torch.Generator | None = None
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def t(self, i: int) -> int:
+        """The step of iteration `i`."""
+        return self.timesteps[i]
+
+    def t_next(self, i: int) -> int:
+        """The step iteration `i` goes to; -1 (the clean data, `alpha_bar = 1`) after the last."""
+        return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+
+    def noise_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like `x`, drawn from the chain's generator."""
+        return torch.randn(x.shape, device=x.device, generator=self.generator)
+
+
+class Sampler(ABC):
+    """Reverse-process sampler: `timesteps`, `step`, and the shared loop `sample`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        """The steps visited, descending, for a process of `num_timesteps` steps."""
+
+    @abstractmethod
+    def step(self, chain: Chain, i: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`x` at step `chain.t(i)` and the model's `output` there (both `[N, C, H, W]`) -> `x`
+        at `chain.t_next(i)`."""
+
+    def num_model_calls(self, num_timesteps: int) -> int:
+        """Network evaluations per image (one per visited step)."""
+        return len(self.timesteps(num_timesteps))
+
+    def settings(self) -> dict[str, Any]:
+        """Name and settings, for logs and `sample_info.json`: `{"sampler": "ddim", "steps": 50,
+        ...}` (a dataclass's fields)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {"sampler": self.name, **values}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        progress: Progress = False,
+        x_T: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Generate `[N, C, H, W]` images in [-1, 1] from pure noise `x_T` of `shape`.
+
+        * `generator`: a `torch.Generator` on the model's device, for reproducible samples
+          (it draws `x_T`, then any noise the steps add);
+        * `progress`: True for a tqdm bar, or a callable wrapping the iterable of step indices;
+        * `x_T`: start from this noise instead of drawing it.
+
+        The model runs in eval mode (dropout off) under `torch.no_grad()`; its previous mode is
+        restored afterwards.
+        """
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if generator is not None and generator.device != device:
+            raise UserError(
+                f"generator is on {generator.device} but the model is on {device}: create it "
+                f"with torch.Generator(device={str(device)!r})."
+            )
+        chain = Chain(diffusion, self.timesteps(diffusion.num_timesteps), generator)
+        x = (
+            torch.randn(shape, device=device, generator=generator)
+            if x_T is None
+            else x_T.to(device=device, dtype=torch.float32)
+        )
+        iterator: Iterable[int] = range(len(chain.timesteps))
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc=f"{self.name} sampling", leave=False)
+        elif callable(progress):
+            iterator = progress(iterator)
+
+        was_training = model.training
+        model.eval()
+        try:
+            for i in iterator:
+                t = torch.full((x.shape[0],), chain.t(i), device=device, dtype=torch.long)
+                x = self.step(chain, i, x, model(x, t))
+        finally:
+            model.train(was_training)
+        return x.clamp(-1.0, 1.0)
+
+
+def build_sampler(config: Mapping[str, Any] | None, key: str = "sampler") -> Sampler:
+    """A `sampler:` config (a `configs/sampler/` file: `_target_` and settings) -> a `Sampler`
+    (DDPM when None). `key` is where the config sits (`sampler`, `callbacks.fid.sampler`): a
+    constructor's `UserError` (e.g. `sampler.steps=0`) comes out of Hydra's wrapper as is,
+    naming that key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if config is None:
+        from ddpm_unet.models.samplers.ddpm import DDPM
+
+        return DDPM()
+    if not isinstance(config, Mapping) or "_target_" not in config:
+        raise UserError(
+            f"{key}={config!r} is not a sampler config: choose one of configs/sampler/ (ddpm, "
+            f"ddim, dpm_solver), or give a _target_ such as ddpm_unet.models.samplers.ddim.DDIM."
+        )
+    try:
+        sampler = instantiate(config, _convert_="object")
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            message = str(cause)
+            if key != "sampler":
+                message = message.replace("sampler.", f"{key}.")
+            raise UserError(message) from None
+        raise
+    if not isinstance(sampler, Sampler):
+        raise UserError(
+            f"{key}._target_={config['_target_']} built a {type(sampler).__name__}, not a "
+            f"ddpm_unet.models.samplers.Sampler."
+        )
+    return sampler

@@ -1,0 +1,137 @@
+"""Noise schedules: one function per schedule, registered by name.
+
+A schedule maps the number of steps `T` (and its own keyword arguments) to `betas` of shape
+`[T]` in float64. `make_betas(name, T, **kwargs)` looks the function up and checks the keyword
+arguments against its signature, so a value meant for another schedule (e.g. `beta_start` with
+`cosine`) is refused instead of silently ignored. Adding a schedule is one decorated function:
+
+    @register_schedule("my_schedule")
+    def my_schedule(num_timesteps: int, k: float = 1.0) -> torch.Tensor: ...
+
+and `model.diffusion.schedule=my_schedule model.diffusion.schedule_kwargs={k: 2.0}` selects it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from ddpm_unet.utils.errors import UserError
+
+ScheduleFn = Callable[..., torch.Tensor]
+
+SCHEDULES: dict[str, ScheduleFn] = {}
+
+# Config keys named in messages: GaussianDiffusion is built from `model.diffusion`.
+SCHEDULE_KEY = "model.diffusion.schedule"
+KWARGS_KEY = "model.diffusion.schedule_kwargs"
+
+
+def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
+    """Decorator: make `fn(num_timesteps, **kwargs) -> betas [T]` available as `name`."""
+
+    def add(fn: ScheduleFn) -> ScheduleFn:
+        SCHEDULES[name] = fn
+        return fn
+
+    return add
+
+
+def _betas_from_alpha_bar(alpha_bar: torch.Tensor, max_beta: float = 0.999) -> torch.Tensor:
+    """`alpha_bar` at `t = 0..T` (`[T + 1]`, starting at 1) -> `betas [T]`, clipped at `max_beta`
+    so the last step stays finite when `alpha_bar` reaches 0."""
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(max=max_beta)
+
+
+@register_schedule("linear")
+def linear(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Evenly spaced betas from `beta_start` to `beta_end` (DDPM: 1e-4 to 0.02 over T=1000)."""
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise UserError(
+            f"the linear schedule needs 0 < beta_start <= beta_end < 1, got "
+            f"{KWARGS_KEY}.beta_start={beta_start}, {KWARGS_KEY}.beta_end={beta_end}: e.g. "
+            f"DDPM's 1e-4 and 0.02."
+        )
+    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+
+
+@register_schedule("cosine")
+def cosine(num_timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """`alpha_bar(t) = cos^2((t / T + s) / (1 + s) * pi / 2)` (Nichol & Dhariwal 2021); the offset
+    `s` keeps the first betas from being vanishingly small."""
+    if not s > 0:
+        raise UserError(f"{KWARGS_KEY}.s={s} must be > 0 (Nichol & Dhariwal use 0.008).")
+    steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return _betas_from_alpha_bar(alpha_bar)
+
+
+@register_schedule("sigmoid")
+def sigmoid(
+    num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0
+) -> torch.Tensor:
+    """`alpha_bar(t)` follows a sigmoid over `[start, end]` with temperature `tau`, rescaled to
+    run from 1 to 0 (Jabri et al. 2022, as in lucidrains' denoising-diffusion-pytorch); better
+    than cosine for images larger than 64 px, according to that paper."""
+    if not start < end:
+        raise UserError(
+            f"the sigmoid schedule needs start < end, got {KWARGS_KEY}.start={start}, "
+            f"{KWARGS_KEY}.end={end}: e.g. start=-3, end=3."
+        )
+    if not tau > 0:
+        raise UserError(f"{KWARGS_KEY}.tau={tau} must be > 0, e.g. 1.0.")
+    t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    v_start = torch.tensor(start / tau, dtype=torch.float64).sigmoid()
+    v_end = torch.tensor(end / tau, dtype=torch.float64).sigmoid()
+    alpha_bar = (-((t * (end - start) + start) / tau).sigmoid() + v_end) / (v_end - v_start)
+    alpha_bar = alpha_bar / alpha_bar[0]
+    return _betas_from_alpha_bar(alpha_bar).clamp(min=0.0)
+
+
+def schedule_parameters(name: str) -> list[str]:
+    """The keyword arguments schedule `name` takes (everything after `num_timesteps`)."""
+    return list(inspect.signature(SCHEDULES[name]).parameters)[1:]
+
+
+def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
+    """`betas [num_timesteps]` (float64) of the registered schedule `name`.
+
+    Raises `UserError` for an unknown name, a `num_timesteps` below 1, or a keyword argument
+    the schedule does not take (named with its config key and the ones it does take).
+    """
+    if name not in SCHEDULES:
+        raise UserError(
+            f"{SCHEDULE_KEY}={name!r} is unknown: use one of {', '.join(sorted(SCHEDULES))}."
+        )
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
+        raise UserError(
+            f"model.diffusion.num_timesteps={num_timesteps!r} must be a whole number >= 1, "
+            f"e.g. 1000."
+        )
+    takes = schedule_parameters(name)
+    for key in kwargs:
+        if key not in takes:
+            uses = ", ".join(takes) if takes else "no arguments"
+            raise UserError(
+                f"{KWARGS_KEY}.{key} is given, but the {name} schedule does not use {key} (it "
+                f"takes {uses}): remove it, or choose a schedule that uses it."
+            )
+    betas = SCHEDULES[name](num_timesteps, **kwargs)
+    return betas.to(torch.float64)
+
+
+def as_kwargs(schedule_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`schedule_kwargs` from a config (None, a dict or an OmegaConf mapping) as a plain dict."""
+    if schedule_kwargs is None:
+        return {}
+    if not isinstance(schedule_kwargs, Mapping):
+        raise UserError(
+            f"{KWARGS_KEY}={schedule_kwargs!r} must be a mapping of the schedule's arguments, "
+            f"e.g. {KWARGS_KEY}={{s: 0.008}} for cosine, or {{}} for its defaults."
+        )
+    return {str(k): v for k, v in schedule_kwargs.items()}

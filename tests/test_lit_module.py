@@ -1,0 +1,161 @@
+"""The LightningModule receives its parts built: another network or optimiser is a config change;
+EMA steps with the optimiser; `val/loss_ema` beside `val/loss`; checkpoints rebuild from
+their run_config alone."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from torch import nn
+
+from ddpm_unet.models.lr_schedules import warmup_cosine
+from ddpm_unet.models.samplers import DDIM
+from ddpm_unet.sample import load_model
+from ddpm_unet.train import fit, run_config_of
+from ddpm_unet.utils.checkpoint import TRUSTED_TARGETS_ENV, CheckpointError
+from ddpm_unet.utils.errors import UserError
+from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train
+
+TINY_NET = "tests.test_lit_module.TinyEpsNet"
+
+
+class TinyEpsNet(nn.Module):
+    """A network that is not a U-Net: `forward(x [b, C, H, W], t [b]) -> [b, C, H, W]`."""
+
+    def __init__(self, image_channels: int = 1, width: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(image_channels, width, 3, padding=1)
+        self.time = nn.Linear(1, width)
+        self.out = nn.Conv2d(width, image_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x) + self.time(t.float()[:, None] / 1000)[:, :, None, None]
+        return self.out(torch.nn.functional.silu(h))
+
+
+def _csv_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "csv" / "version_0" / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            "debug=limit",
+            "trainer.max_epochs=2",
+            "+trainer.accumulate_grad_batches=2",
+        ],
+        tmp_path,
+    )
+    metrics = fit(cfg)
+    # 3 batches per epoch, accumulated by 2: steps after batches 2 and 3 (the epoch's end).
+    assert metrics["global_step"] == 4
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert int(ckpt["state_dict"]["ema.n_averaged"]) == 4  # not 6, the micro-batches
+
+
+def test_a_custom_network_and_adam_train_sample_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    swap = [
+        "~model.net",
+        f"+model.net={{_target_: {TINY_NET}, image_channels: 1, width: 8}}",
+        "model.optimizer._target_=torch.optim.Adam",
+    ]
+    first = tmp_path / "first"
+    fit(compose_train([*TINY_OVERRIDES, *swap, "debug=limit", "trainer.max_epochs=2"], first))
+    last = first / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert "net.inp.weight" in ckpt["state_dict"] and "ema.module.inp.weight" in ckpt["state_dict"]
+    assert ckpt["run_config"]["model"]["net"]["_target_"] == TINY_NET
+    assert ckpt["run_config"]["model"]["optimizer"]["_target_"] == "torch.optim.Adam"
+    # The optimiser that ran was Adam: AdamW's parameter groups decouple weight decay.
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["decoupled_weight_decay"] is False
+    header = _csv_rows(first)[0].keys()
+    assert {"val/loss", "val/loss_ema", "lr", "train/img_per_s"} <= set(header)
+
+    # A checkpoint naming a network outside the trusted modules is refused, nothing built...
+    with pytest.raises(CheckpointError, match=f"names '{TINY_NET}', outside the trusted"):
+        load_model(last)
+    # ... and loads from the checkpoint alone once the user trusts it.
+    monkeypatch.setenv(TRUSTED_TARGETS_ENV, "tests.")
+    model = load_model(last)
+    assert isinstance(model.net, TinyEpsNet)
+    images = model.sample_images(2, sampler=DDIM(steps=3), seed=0)
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+
+    second = tmp_path / "second"
+    resume = [*TINY_OVERRIDES, *swap, "debug=limit", "trainer.max_epochs=3", f"ckpt_path={last}"]
+    assert fit(compose_train(resume, second))["global_step"] == 9
+    resumed = torch.load(
+        second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert int(resumed["state_dict"]["ema.n_averaged"]) == 9
+
+
+def test_val_loss_ema_uses_the_same_draws_and_selects_the_best_checkpoint(tmp_path: Path) -> None:
+    # With decay 0 the average is a copy of the weights after every step: the same draws of
+    # steps and noise must then give the same loss.
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            "debug=limit",
+            "trainer.max_epochs=2",
+            "model.ema_decay=0.0",
+            "model.ema_warmup=false",
+        ],
+        tmp_path,
+    )
+    metrics = fit(cfg)
+    rows = [r for r in _csv_rows(tmp_path) if r["val/loss"]]
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["val/loss_ema"]) == pytest.approx(float(row["val/loss"]), rel=1e-5)
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss_ema"
+    assert cfg.optimized_metric == "val/loss_ema"
+    best = min(float(r["val/loss_ema"]) for r in rows)
+    assert metrics["best/val/loss_ema"] == pytest.approx(best)
+
+
+def test_fit_on_a_config_composed_with_hydras_section(tmp_path: Path) -> None:
+    """As lightning-hydra-template's tests compose: `return_hydra_config=True`, hydra.job.num
+    left unset (`???`); the run config is taken without resolving Hydra's section."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            return_hydra_config=True,
+            overrides=[*TINY_OVERRIDES, "debug=fdr", "callbacks.sample_grid=null"],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path)
+    HydraConfig().set_config(cfg)
+    try:
+        assert "hydra" not in run_config_of(cfg)
+        assert fit(cfg)["global_step"] == 1
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_warmup_cosine_refuses_what_it_cannot_schedule() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(UserError, match="decay=cosine needs a known run length"):
+        warmup_cosine(opt, math.inf, warmup_steps=2, decay="cosine")
+    with pytest.raises(UserError, match="only 2 optimiser steps and model.scheduler.warmup"):
+        warmup_cosine(opt, 2, warmup_steps=2, decay="cosine")
+    with pytest.raises(UserError, match="model.scheduler.decay='linear' is unknown"):
+        warmup_cosine(opt, 10, decay="linear")  # type: ignore[arg-type]
+    # Without decay an unknown run length is fine: warm-up, then constant.
+    sched = warmup_cosine(opt, math.inf, warmup_steps=2)
+    assert [sched.lr_lambdas[0](s) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
