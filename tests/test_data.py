@@ -26,7 +26,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 from torchvision import datasets as tv_datasets
 
 from ddpm_unet.data import (
@@ -41,6 +41,7 @@ from ddpm_unet.data import (
     per_device_batch_size,
 )
 from ddpm_unet.data import datasets as data_datasets
+from ddpm_unet.data.datamodule import ResumableRandomSampler
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
 
@@ -339,7 +340,10 @@ def test_loader_settings() -> None:
     dm = ImageDataModule("digits", image_size=8, image_channels=1, batch_size=32, num_workers=2)
     dm.setup()
     train, val = dm.train_dataloader(), dm.val_dataloader()  # not iterated: no worker starts
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    # shuffled, in an order that depends only on (seed, epoch): resumable mid-epoch
+    assert isinstance(train.sampler, ResumableRandomSampler) and train.drop_last
+    order = list(train.sampler)
+    assert sorted(order) == list(range(len(order))) and order != sorted(order)
     assert isinstance(val.sampler, SequentialSampler) and not val.drop_last
     assert train.persistent_workers and train.num_workers == 2
     assert not ImageDataModule("digits").train_dataloader().persistent_workers

@@ -9,6 +9,8 @@ at a tenth of the cost.
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from ddpm_unet.data import ImageDataModule
 from ddpm_unet.metrics import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILENAME,
+    InceptionWeightsError,
     InceptionWeightsNotFoundError,
     UInt8Images,
     fidelity_metrics,
@@ -148,6 +151,37 @@ def test_missing_weights_give_a_clear_error_without_download(
     # The callback resolves the weights when it is built, i.e. before any training or sampling.
     with pytest.raises(InceptionWeightsNotFoundError, match="callbacks.fid.inception_weights="):
         FIDCallback(inception_weights=tmp_path / "nope.pth")
+
+
+def test_a_downloaded_file_that_is_not_the_weights_is_refused_and_removed(
+    isolated_torch_home: Path,
+) -> None:
+    """What a proxy's error page or a moved release would give: served over local HTTP."""
+    page = b"<html><body>Access denied by proxy</body></html>\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/{INCEPTION_WEIGHTS_FILENAME}"
+    try:
+        with pytest.raises(InceptionWeightsError) as info:
+            resolve_inception_weights(None, download=True, url=url)
+    finally:
+        server.shutdown()
+    message = str(info.value)
+    cached = isolated_torch_home / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
+    assert f"the file downloaded from {url} to {cached} is not an InceptionV3" in message
+    assert "a text file (starting '<html><body>Access denied" in message
+    assert not cached.exists()  # not found again next time
 
 
 def test_weights_resolution_order(

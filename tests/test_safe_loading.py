@@ -1,10 +1,11 @@
-"""Files from users are data, not code: checkpoints and the FID reference cache.
+"""Files from users are data, not code: checkpoints, the FID reference cache, Inception weights.
 
 A payload is planted in a checkpoint and in cache entries: a pickled object whose unpickling runs
 `touch <marker>`. No command that reads these files may create the marker (train.py resume with
-the csv and the W&B logger, sample.py, eval.py and its cache); every file that is not a usable
-checkpoint gives one message naming it and saying what it is not, with exit status 2, no
-traceback and never the advice to load with `weights_only=False`.
+the csv and the W&B logger, sample.py, eval.py and its cache, eval.py and train.py callbacks=fid
+with an Inception weights file); every file that is not a usable checkpoint (or weights file)
+gives one message naming it and saying what it is not, with exit status 2, no traceback and never
+the advice to load with `weights_only=False`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,26 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from ddpm_unet import evaluate
-from ddpm_unet.metrics import INCEPTION_WEIGHTS_ENV
+from ddpm_unet.callbacks.fid import FIDCallback
+from ddpm_unet.metrics import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILENAME,
+    INCEPTION_WEIGHTS_URL,
+    InceptionWeightsError,
+    UInt8Images,
+    default_weights_path,
+    fidelity_metrics,
+    load_inception_weights,
+    resolve_inception_weights,
+    verified_weights_copy,
+)
+from ddpm_unet.metrics.inception import expected_weight_shapes
 from ddpm_unet.metrics.reference_stats import read_cache_entry
 from ddpm_unet.sample import load_model
 from ddpm_unet.train import fit
 from ddpm_unet.utils.checkpoint import CheckpointError, CheckpointNotFoundError
 from ddpm_unet.utils.config_checks import check_train_config
+from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.wandb_setup import wandb_run_id_from_checkpoint
 from tests.conftest import CLI_TINY, ROOT, TINY_OVERRIDES, compose_config, compose_train
 from tests.fidelity_helpers import random_weights_file
@@ -362,3 +377,229 @@ def test_a_planted_or_damaged_fid_cache_is_recomputed_before_sampling_without_ru
     (run_dir,) = (tmp_path / "cli" / "eval" / "runs").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fid"] == pytest.approx(first["fid"], abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Inception weights file
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inception_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The session's random InceptionV3 state dict (the real names and shapes)."""
+    weights = random_weights_file(tmp_path_factory)
+    return torch.load(weights, map_location="cpu", weights_only=True)
+
+
+def planted_weights(state: dict[str, torch.Tensor], marker: Path, path: Path) -> Path:
+    """A complete InceptionV3 state dict whose `fc.bias` is a payload."""
+    torch.save({**state, "fc.bias": Payload(marker)}, path)
+    return path
+
+
+def bad_weights(
+    folder: Path, state: dict[str, torch.Tensor], marker: Path
+) -> dict[str, tuple[Path, str]]:
+    """`{case: (file, what the message must say)}` for files that are no InceptionV3 weights."""
+    folder.mkdir(exist_ok=True)
+    (folder / "random.pth").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "empty.pth").write_bytes(b"")
+    (folder / "text.pth").write_text("<html>proxy error</html>\n")
+    (folder / "pickle.pth").write_bytes(pickle.dumps({"fc.bias": Payload(marker)}))
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, folder / "other_net.pth")
+    torch.save({**state, "fc.weight": torch.zeros(10, 2048)}, folder / "other_shape.pth")
+    torch.save([torch.zeros(2)], folder / "list.pth")
+    good = folder / "good.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": state["Conv2d_1a_3x3.conv.weight"]}, good)
+    (folder / "truncated.pth").write_bytes(good.read_bytes()[:2000])
+    planted_old = folder / "planted_old_format.pth"
+    torch.save(
+        {**state, "fc.bias": Payload(marker)}, planted_old, _use_new_zipfile_serialization=False
+    )
+    refused = "was refused: it holds Python objects (e.g. posix.system)"
+    return {
+        "random bytes": (folder / "random.pth", "is not an InceptionV3 weights file: it is binary"),
+        "empty": (folder / "empty.pth", "is empty (0 bytes)"),
+        "text": (folder / "text.pth", "it is a text file (starting '<html>proxy error"),
+        "plain pickle": (folder / "pickle.pth", "it is a plain Python pickle (not unpickled)"),
+        "truncated": (folder / "truncated.pth", "a damaged or truncated archive"),
+        "planted": (planted_weights(state, marker, folder / "planted.pth"), refused),
+        "planted, torch's older format": (planted_old, refused),
+        "wrong keys": (
+            folder / "other_net.pth",
+            "holds the weights of another network, not those of torch-fidelity's InceptionV3 "
+            "(FeatureExtractorInceptionV3): 472 weights missing ('Conv2d_1a_3x3.conv.weight'",
+        ),
+        "wrong shape": (
+            folder / "other_shape.pth",
+            "1 weights of another shape (fc.weight: [10, 2048] in the file, [1008, 2048] in",
+        ),
+        "not a dict": (folder / "list.pth", "holds a list, not a state dict"),
+    }
+
+
+def test_the_published_weights_format_is_read_as_data_and_gives_the_same_features(
+    inception_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """torch-fidelity's published file is `torch.save(dict of float tensors)` without the batch
+    norms' `num_batches_tracked` (its `utils/util_convert_inception_weights.py`), possibly in
+    torch's pre-1.6 format: both formats load as data, and the private copy that torch-fidelity
+    gets computes the same features as the original weights."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    published = {k: v for k, v in inception_state.items() if not k.endswith("num_batches_tracked")}
+    assert len(published) == 472
+    zip_file, old_file = tmp_path / "zip.pth", tmp_path / "old.pth"
+    torch.save(published, zip_file)
+    torch.save(published, old_file, _use_new_zipfile_serialization=False)
+    assert zip_file.read_bytes()[:2] == b"PK" and old_file.read_bytes()[:2] == b"\x80\x02"
+    for path in (zip_file, old_file):
+        loaded = load_inception_weights(path)
+        assert loaded.keys() == published.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in published.items())
+        assert resolve_inception_weights(path, download=False) == path
+
+    images = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    images = images.to(torch.uint8)
+    original = tmp_path / "original.pth"
+    torch.save(inception_state, original)
+    (expected,) = FeatureExtractorInceptionV3("inception-v3-compat", ["64"], original)(images)
+    with verified_weights_copy(old_file) as copy:
+        assert copy != old_file and copy.parent.stat().st_mode & 0o077 == 0  # private folder
+        (features,) = FeatureExtractorInceptionV3("inception-v3-compat", ["64"], copy)(images)
+    assert not copy.exists()  # removed after use
+    assert features.abs().sum() > 0 and torch.equal(features, expected)
+
+
+def test_every_bad_inception_weights_file_gives_one_message_naming_it(
+    inception_state: dict[str, torch.Tensor],
+    marker: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
+    cases = bad_weights(tmp_path / "bad", inception_state, marker)
+    for case, (path, expected) in cases.items():
+        with pytest.raises(InceptionWeightsError) as info:
+            resolve_inception_weights(path, config_key="inception_weights")
+        message = str(info.value)
+        assert message.startswith(f"inception_weights={path} "), (case, message)
+        assert expected in message, (case, message)
+        assert INCEPTION_WEIGHTS_URL in message, (case, message)  # where the right file is
+        assert "weights_only" not in message, (case, message)
+        assert isinstance(info.value, UserError), case
+        # The copy handed to torch-fidelity/torchmetrics is refused the same way.
+        with pytest.raises(InceptionWeightsError) as info, verified_weights_copy(path):
+            pass
+        assert str(info.value).startswith(f"the InceptionV3 weights file {path} "), case
+        assert expected in str(info.value), case
+
+    planted, refused = cases["planted"]
+    # The FID callback checks when it is built, i.e. before any training.
+    with pytest.raises(InceptionWeightsError) as info:
+        FIDCallback(inception_weights=planted, download=False)
+    assert f"callbacks.fid.inception_weights={planted} {refused}" in str(info.value)
+    # The environment variable and torch.hub's cache are named as such.
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(planted))
+    with pytest.raises(InceptionWeightsError) as info:
+        resolve_inception_weights(None, download=False)
+    assert f"the environment variable {INCEPTION_WEIGHTS_ENV}={planted} {refused}" in str(
+        info.value
+    )
+    monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
+    cached = default_weights_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(cases["random bytes"][0].read_bytes())
+    with pytest.raises(InceptionWeightsError) as info:
+        resolve_inception_weights(None, download=False)
+    assert f"the cached weights file {cached} is not an InceptionV3" in str(info.value)
+    assert f"delete it ({cached}) to download it again" in str(info.value)
+
+
+@pytest.mark.slow
+def test_torch_fidelity_and_torchmetrics_never_unpickle_the_users_weights_file(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They load with `weights_only=False` whatever path they get: every such load must be of a
+    private copy (gone afterwards), and every read of the user's file must be `weights_only`."""
+    weights = random_weights_file(tmp_path_factory)
+    expected_weight_shapes()  # built once from an empty file of ours: not what is checked here
+    loads: list[tuple[Path, bool]] = []
+    original_load = torch.load
+
+    def recording_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(f, str | os.PathLike):
+            loads.append((Path(f), bool(kwargs.get("weights_only"))))
+        return original_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    values = fidelity_metrics(
+        UInt8Images(images),
+        UInt8Images(images[::-1].copy()),
+        weights,
+        kid=False,
+        isc=False,
+        feature_layer_fid="64",
+        save_cpu_ram=True,
+    )
+    assert abs(values["fid"]) < 1e-3  # the same images in another order
+    callback = FIDCallback(feature=64, inception_weights=weights, download=False)
+    features = callback._build_inception()(torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert features.shape == (4, 64)
+    unrestricted = [path for path, weights_only in loads if not weights_only]
+    assert len(unrestricted) >= 2, loads  # torch-fidelity's and torchmetrics' network
+    for path in unrestricted:
+        assert path.name == INCEPTION_WEIGHTS_FILENAME and path.parent.name.startswith(
+            "ddpm-unet-inception-"
+        ), path
+        assert path.resolve() != weights.resolve() and not path.exists(), path
+    assert (weights, True) in loads
+
+
+@pytest.mark.slow
+def test_eval_refuses_planted_or_bad_inception_weights_before_sampling(
+    checkpoint: Path,
+    inception_state: dict[str, torch.Tensor],
+    torch_home: Path,
+    marker: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cases = bad_weights(tmp_path / "bad", inception_state, marker)
+    # In-process: random bytes and a state dict of another network stop eval before sampling.
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("sampling started"))
+    for case in ("random bytes", "wrong keys"):
+        path, expected = cases[case]
+        cfg = compose_config("eval", eval_args(checkpoint, tmp_path / "cache", path), tmp_path)
+        with pytest.raises(InceptionWeightsError) as info:
+            evaluate.run(cfg)
+        assert f"inception_weights={path} {expected}" in str(info.value), case
+    GlobalHydra.instance().clear()
+
+    # The command: exit 2, one line naming the file, no traceback, nothing sampled or run.
+    planted, refused = cases["planted"]
+    logs = tmp_path / "logs"
+    args = [*eval_args(checkpoint, tmp_path / "cache", planted), f"paths.log_dir={logs}"]
+    output = run_command("eval.py", args, env={"TORCH_HOME": str(torch_home)})
+    assert f"error: inception_weights={planted} {refused}" in output
+    assert not list(logs.rglob("samples.npz")) and not list(logs.rglob("metrics.json"))
+
+
+@pytest.mark.slow
+def test_train_with_fid_refuses_planted_inception_weights_before_training(
+    inception_state: dict[str, torch.Tensor], marker: Path, tmp_path: Path
+) -> None:
+    planted = planted_weights(inception_state, marker, tmp_path / "planted.pth")
+    logs = tmp_path / "logs"
+    args = [
+        *CLI_TINY,
+        "callbacks=fid",
+        f"callbacks.fid.inception_weights={planted}",
+        "callbacks.fid.download=false",
+        f"paths.log_dir={logs}",
+    ]
+    output = run_command("train.py", args)
+    assert f"error: callbacks.fid.inception_weights={planted} was refused" in output
+    assert not list(logs.rglob("*.ckpt"))  # stopped before training

@@ -253,7 +253,7 @@ def _checked(path: Path, source: str, fix: str = "") -> Path:
 
 
 def weights_error(source: str, problem: str, fix: str = "") -> InceptionWeightsError:
-    """The error for a file that is no usable weights file: `<source> <problem>. <fix>.`, the
+    """The error for a file that is no usable weights file: `<source> <problem>; <fix>.`, the
     default fix naming the published file and where to get it (never torch's advice to load with
     fewer restrictions)."""
     fix = fix or (
