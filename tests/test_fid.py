@@ -36,7 +36,7 @@ from ddpm_unet.metrics import (
 )
 from ddpm_unet.models.samplers import DDIM
 from ddpm_unet.sample import load_model
-from ddpm_unet.train import fit
+from ddpm_unet.train import fit, run_config_of
 from ddpm_unet.utils.instantiate import instantiate_callbacks
 from tests.conftest import TINY_OVERRIDES, compose_train
 from tests.fidelity_helpers import RGBUInt8, random_weights_file, uint8
@@ -301,6 +301,7 @@ def test_fid_under_ddp_spawn_equals_torch_fidelity_on_all_ranks_images(
         "trainer=ddp_sim",
         "trainer.devices=2",
         "trainer.strategy=ddp_spawn",
+        "callbacks.lr_monitor=null",  # built with logger=False below: nothing to log lr to
     ]
     # One thread per spawned process (Lightning's choice for 2 processes on 2 cores, pinned here
     # whatever the machine), and the same below for the recomputation, so that the samples are
@@ -313,7 +314,9 @@ def test_fid_under_ddp_spawn_equals_torch_fidelity_on_all_ranks_images(
     fid_cb.reset()  # states exist in the parent before the processes are spawned ...
     fid_cb.fid.update(torch.randn(8, 64), real=True)  # ... and are not even empty
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
-    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    model = instantiate(cfg.model)
+    model.run_config = run_config_of(cfg)  # as fit() does: checkpoints rebuild their model
+    trainer.fit(model, datamodule=instantiate(cfg.data))
     value = float(trainer.callback_metrics["val/fid"])
 
     threads = torch.get_num_threads()

@@ -159,3 +159,24 @@ def test_warmup_cosine_refuses_what_it_cannot_schedule() -> None:
     # Without decay an unknown run length is fine: warm-up, then constant.
     sched = warmup_cosine(opt, math.inf, warmup_steps=2)
     assert [sched.lr_lambdas[0](s) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("target", ["x0", "v"])
+def test_x0_and_v_prediction_train_sample_and_resume(tmp_path: Path, target: str) -> None:
+    """`model.diffusion.prediction_type=x0|v` trains (finite losses), its checkpoint samples with
+    DPM-Solver++ from the checkpoint alone, and resumes."""
+    from ddpm_unet.models.samplers.dpm_solver import DPMSolver
+
+    args = [*TINY_OVERRIDES, "debug=limit", f"model.diffusion.prediction_type={target}"]
+    first = tmp_path / "first"
+    metrics = fit(compose_train([*args, "trainer.max_epochs=1"], first))
+    assert metrics["global_step"] == 3 and math.isfinite(metrics["val/loss"])
+    last = first / "checkpoints" / "last.ckpt"
+    model = load_model(last)
+    assert model.diffusion.prediction_type == target
+    images = model.sample_images(4, sampler=DPMSolver(steps=5), seed=0)
+    assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
+    resumed = fit(
+        compose_train([*args, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "2")
+    )
+    assert resumed["global_step"] == 6

@@ -254,6 +254,27 @@ def check_wandb(ran: Ran) -> None:
         assert_grid_has_digits(png)  # W&B's grids were black once
 
 
+def check_run_config(ran: Ran) -> None:
+    """A completed run whose checkpoint holds the command's overrides (optimiser, target, ...)."""
+    run = newest("train/runs/*/", _logs(ran))
+    assert_completed_run(run)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for override in ran.command.split(" ")[2:]:
+        if override.startswith("model.") and override not in TRAIN_SHORT:  # the README's own
+            key, value = override.split("=", 1)
+            node = ckpt["run_config"]
+            for part in key.split("."):
+                node = node[part]
+            assert str(node) == value, (key, node)
+
+
+def check_dpm_solver(ran: Ran) -> None:
+    check_sample(64, pngs=False)(ran)
+    run = newest("sample/runs/*/", _logs(ran))
+    info = json.loads((run / "sample_info.json").read_text())
+    assert info["sampler"] == "dpm_solver" and info["steps"] == 20, info
+
+
 def check_compose(ran: Ran) -> None:
     assert "_target_" in ran.stdout, ran.stdout[-2000:]
 
@@ -309,6 +330,9 @@ RULES = [
     ),
     Rule(r"^python train\.py -m hydra/launcher=slurm ", compose_only=True, check=check_slurm),
     Rule(r"^(WANDB_MODE=offline )?python train\.py logger=", TRAIN_SHORT, check_wandb),
+    Rule(r"^python train\.py model\.optimizer\._target_=", TRAIN_SHORT, check_run_config),
+    Rule(r"^python train\.py model\.diffusion\.", TRAIN_SHORT, check_run_config),
+    Rule(r"^python sample\.py \S+ sampler=dpm_solver ", check=check_dpm_solver),
 ]
 
 

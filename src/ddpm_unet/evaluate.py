@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = reference_data_config(
         model.run_config,
         model.image_size,
-        model.net.image_channels,
+        model.image_channels,
         data_root=cfg.get("data_root"),
         download=bool(cfg.get("data_download", False)),
     )
@@ -179,7 +179,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "reference_from_cache": from_cache,
         "dataset": data_cfg["dataset"],
         "image_size": model.image_size,
-        "image_channels": model.net.image_channels,
+        "image_channels": model.image_channels,
         "feature_layer_fid": str(cfg.get("feature_layer_fid", "2048")),
         "ckpt_path": str(cfg.ckpt_path),
         "epoch": epoch,
