@@ -54,11 +54,12 @@ import torch
 from torch import nn
 
 from ddpm_unet.utils.checkpoint import (
-    _REFUSED,
-    _ZIP_MAGIC,
-    _describe_archive_error,
-    _describe_bytes,
-    _some,
+    WEIGHTS_ONLY_REFUSAL,
+    ZIP_MAGIC,
+    describe_archive_error,
+    describe_bytes,
+    some_names,
+    weight_differences,
 )
 from ddpm_unet.utils.errors import UserError
 
@@ -319,10 +320,10 @@ def load_inception_weights(
         raise weights_error(name, f"cannot be read ({err.strerror or err})", fix) from None
     if not head:
         raise weights_error(name, "is empty (0 bytes), not an InceptionV3 weights file", fix)
-    is_zip = head.startswith(_ZIP_MAGIC)
+    is_zip = head.startswith(ZIP_MAGIC)
     if not (is_zip or head.startswith(_LEGACY_MAGIC)):
         # Neither format torch.save writes: described from its bytes, never unpickled.
-        problem = f"is not an InceptionV3 weights file: it is {_describe_bytes(head)}"
+        problem = f"is not an InceptionV3 weights file: it is {describe_bytes(head)}"
         raise weights_error(name, problem + ", not a file written by torch.save", fix)
     state = _load_data_only(file, name, is_zip, fix)
     _check_state_dict(state, name, fix)
@@ -337,7 +338,7 @@ def _load_data_only(file: Path, name: str, is_zip: bool, fix: str) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if _REFUSED.search(str(err)):
+        if WEIGHTS_ONLY_REFUSAL.search(str(err)):
             match = _GLOBAL.search(str(err))
             what = f" (e.g. {match.group(1)})" if match else ""
             raise weights_error(
@@ -356,7 +357,7 @@ def _load_data_only(file: Path, name: str, is_zip: bool, fix: str) -> Any:
         if is_zip and not zipfile.is_zipfile(file):  # no central directory: cut short
             err = zipfile.BadZipFile(str(err))
         what = (
-            _describe_archive_error(err, file)
+            describe_archive_error(err, file)
             if is_zip
             else "a damaged or truncated file of torch.save's older format"
         )
@@ -376,33 +377,21 @@ def _check_state_dict(state: Any, name: str, fix: str) -> None:
     ]
     if not_tensors:
         problem = (
-            f"is not a state dict of tensors: its entries {_some(not_tensors)} are not tensors "
-            "named by strings"
+            f"is not a state dict of tensors: its entries {some_names(not_tensors)} are not "
+            "tensors named by strings"
         )
         raise weights_error(name, problem, fix)
     expected = expected_weight_shapes()
-    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        f"{k}: {list(state[k].shape)} in the file, {list(expected[k])} in the network"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
+    parts = weight_differences(
+        expected, state, "the file", "the network", optional_suffix=OPTIONAL_SUFFIX
+    )
     not_float = [
         f"{k} ({state[k].dtype})"
         for k in expected
         if k in state and not k.endswith(OPTIONAL_SUFFIX) and not state[k].is_floating_point()
     ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} weights missing ({_some(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected entries ({_some(unexpected)})")
-    if reshaped:
-        shown = "; ".join(reshaped[:2]) + ("; ..." if len(reshaped) > 2 else "")
-        parts.append(f"{len(reshaped)} weights of another shape ({shown})")
     if not_float:
-        parts.append(f"{len(not_float)} weights that are not floats ({_some(not_float)})")
+        parts.append(f"{len(not_float)} weights that are not floats ({some_names(not_float)})")
     if parts:
         problem = (
             "holds the weights of another network, not those of torch-fidelity's InceptionV3 "

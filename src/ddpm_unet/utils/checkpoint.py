@@ -23,7 +23,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +44,10 @@ PROJECT_KEYS = ("state_dict", "hyper_parameters", "run_config")
 """What every checkpoint of this project's train.py holds besides Lightning's bookkeeping."""
 RESUME_KEYS = ("optimizer_states", "lr_schedulers", "loops", "epoch", "global_step")
 """What Lightning needs to continue a run (absent from weights-only saves)."""
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives (since torch 1.6)
-_REFUSED = re.compile(r"GLOBAL|Unsupported|blocked|not an allowed")  # weights_only refusals
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives (since torch 1.6)
+WEIGHTS_ONLY_REFUSAL = re.compile(
+    r"GLOBAL|Unsupported|blocked|not an allowed"
+)  # weights_only refusals
 _MAX_LISTED = 4  # keys named per kind of mismatch; the message says how many there are
 
 
@@ -89,16 +91,16 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
             f"{name} is empty (0 bytes), not a checkpoint: an interrupted save leaves such "
             "files; use another checkpoint of the run (last.ckpt or epoch_*.ckpt)."
         )
-    if not head.startswith(_ZIP_MAGIC):
+    if not head.startswith(ZIP_MAGIC):
         # Not an archive torch.save writes: described from its bytes, never unpickled.
         raise CheckpointError(
-            f"{name} is not a checkpoint: it is {_describe_bytes(head)}, not the zip archive "
+            f"{name} is not a checkpoint: it is {describe_bytes(head)}, not the zip archive "
             f"that torch.save writes; {WHERE_CHECKPOINTS_ARE}."
         )
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        if _REFUSED.search(str(err)):
+        if WEIGHTS_ONLY_REFUSAL.search(str(err)):
             raise CheckpointError(_refused_message(name, str(err))) from None
         raise CheckpointError(
             f"{name} is not a checkpoint: a damaged archive (its pickle is unreadable); "
@@ -106,7 +108,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         ) from None
     except Exception as err:  # noqa: BLE001 - a malformed archive can raise anything
         raise CheckpointError(
-            f"{name} is not a checkpoint: {_describe_archive_error(err, file)}; "
+            f"{name} is not a checkpoint: {describe_archive_error(err, file)}; "
             f"{WHERE_CHECKPOINTS_ARE}."
         ) from None
     if not isinstance(checkpoint, dict):
@@ -131,9 +133,9 @@ def check_lit_checkpoint(
     if state_dict is None:
         tensors = [k for k, v in checkpoint.items() if isinstance(v, torch.Tensor)]
         what = (
-            f"a bare state dict ({len(tensors)} tensor(s), e.g. {_some(tensors)})"
+            f"a bare state dict ({len(tensors)} tensor(s), e.g. {some_names(tensors)})"
             if tensors
-            else f"a dict with the keys {_some(list(checkpoint))}"
+            else f"a dict with the keys {some_names(list(checkpoint))}"
         )
         raise CheckpointError(
             f"{name} is {what}, not a checkpoint of this project's model: train.py's "
@@ -147,7 +149,7 @@ def check_lit_checkpoint(
     if foreign or not state_dict:
         raise CheckpointError(
             f"{name} is a checkpoint of another model: its weights are named "
-            f"{_some(foreign) if foreign else '(none)'}, while this project's model has only "
+            f"{some_names(foreign) if foreign else '(none)'}, while this project's model has only "
             f"'net.*' (the U-Net) and 'ema.*' (its moving average); {WHERE_CHECKPOINTS_ARE}."
         )
     missing = [k for k in PROJECT_KEYS[1:] if not isinstance(checkpoint.get(k), Mapping)]
@@ -195,27 +197,47 @@ def check_state_dict_compatible(
         target: what `expected` is, for the message ("the configured model").
         hint: appended to the message (e.g. which config values differ).
     """
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    reshaped = [
-        f"{k}: {list(found[k].shape)} in the checkpoint, {list(expected[k].shape)} in the model"
-        for k in expected
-        if k in found and found[k].shape != expected[k].shape
-    ]
-    if not (missing or unexpected or reshaped):
+    parts = weight_differences({k: v.shape for k, v in expected.items()}, found)
+    if not parts:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} weights missing from the checkpoint ({_some(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected weights ({_some(unexpected)})")
-    if reshaped:
-        shown = "; ".join(reshaped[:2]) + ("; ..." if len(reshaped) > 2 else "")
-        parts.append(f"{len(reshaped)} weights of another shape ({shown})")
     raise CheckpointError(
         f"{key}={path} holds another architecture than {target}: {', '.join(parts)}."
         + (f" {hint}" if hint else "")
     )
+
+
+def weight_differences(
+    expected: Mapping[str, Sequence[int]],
+    found: Mapping[str, torch.Tensor],
+    source: str = "the checkpoint",
+    target: str = "the model",
+    optional_suffix: str | None = None,
+) -> list[str]:
+    """What keeps `found` (a state dict) from loading where weights of `expected` shapes belong:
+    missing, unexpected and reshaped weights, one phrase each (empty when they fit).
+
+    Names ending in `optional_suffix` may be missing (e.g. BatchNorm's `num_batches_tracked`).
+    """
+    missing = [
+        k
+        for k in expected
+        if k not in found and not (optional_suffix and k.endswith(optional_suffix))
+    ]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [
+        f"{k}: {list(found[k].shape)} in {source}, {list(expected[k])} in {target}"
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k])
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing from {source} ({some_names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights ({some_names(unexpected)})")
+    if reshaped:
+        shown = "; ".join(reshaped[:2]) + ("; ..." if len(reshaped) > 2 else "")
+        parts.append(f"{len(reshaped)} weights of another shape ({shown})")
+    return parts
 
 
 def model_from_checkpoint(
@@ -284,8 +306,8 @@ def check_trusted_targets(model_cfg: Any, path: str | Path, key: str = "ckpt_pat
     untrusted = [t for t in targets if not t.startswith(allowed)]
     if untrusted:
         raise CheckpointError(
-            f"{key}={path} was refused: its model config names {_some(untrusted)}, outside the "
-            f"trusted {', '.join(allowed)}; nothing of it was built. If you trust the file and "
+            f"{key}={path} was refused: its model config names {some_names(untrusted)}, outside "
+            f"the trusted {', '.join(allowed)}; nothing of it was built. If you trust the file and "
             f"its network, add its module: {TRUSTED_TARGETS_ENV}=<module prefix>."
         )
 
@@ -356,7 +378,7 @@ def _refused_message(name: str, torch_message: str) -> str:
     )
 
 
-def _describe_archive_error(err: BaseException, file: Path) -> str:
+def describe_archive_error(err: BaseException, file: Path) -> str:
     """What a zip file that torch cannot read is, in words (no torch advice)."""
     text = str(err)
     if "central directory" in text or isinstance(err, EOFError | zipfile.BadZipFile):
@@ -369,7 +391,7 @@ def _describe_archive_error(err: BaseException, file: Path) -> str:
     return f"an archive torch cannot read ({type(err).__name__})"
 
 
-def _describe_bytes(head: bytes) -> str:
+def describe_bytes(head: bytes) -> str:
     """What the first bytes of a file that is not a zip archive look like."""
     if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
         return "a plain Python pickle (not unpickled)"
@@ -384,7 +406,7 @@ def _describe_bytes(head: bytes) -> str:
     return "binary data of an unknown kind"
 
 
-def _some(names: list[str]) -> str:
+def some_names(names: list[str]) -> str:
     """The first few of `names`, quoted, with an ellipsis when there are more."""
     shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
     return shown + (", ..." if len(names) > _MAX_LISTED else "")
