@@ -428,7 +428,8 @@ def bad_weights(
         "wrong keys": (
             folder / "other_net.pth",
             "holds the weights of another network, not those of torch-fidelity's InceptionV3 "
-            "(FeatureExtractorInceptionV3): 472 weights missing from the file ('Conv2d_1a_3x3.conv.weight'",
+            "(FeatureExtractorInceptionV3): 472 weights missing from the file "
+            "('Conv2d_1a_3x3.conv.weight'",
         ),
         "wrong shape": (
             folder / "other_shape.pth",
