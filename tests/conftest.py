@@ -81,6 +81,24 @@ def cfg_train(tmp_path: Path) -> Iterator[DictConfig]:
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for two batches on the digits: `<dir>/checkpoints/last.ckpt`."""
+    out = tmp_path_factory.mktemp("train")
+    overrides = [
+        *TINY_OVERRIDES,
+        "callbacks.sample_grid=null",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+        "++trainer.num_sanity_val_steps=0",
+    ]
+    from ddpm_unet.train import fit  # imported here: conftest stays light for the unit tests
+
+    fit(compose_train(overrides, out))
+    GlobalHydra.instance().clear()
+    return out / "checkpoints" / "last.ckpt"
+
+
 # The same tiny run for command-line tests (no debug preset: it pins one CPU process).
 CLI_TINY = [
     *TINY_MODEL,

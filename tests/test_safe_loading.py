@@ -42,7 +42,6 @@ from ddpm_unet.metrics import (
 from ddpm_unet.metrics.inception import expected_weight_shapes
 from ddpm_unet.metrics.reference_stats import read_cache_entry
 from ddpm_unet.sample import load_model
-from ddpm_unet.train import fit
 from ddpm_unet.utils.checkpoint import CheckpointError, CheckpointNotFoundError
 from ddpm_unet.utils.config_checks import check_train_config
 from ddpm_unet.utils.errors import UserError
@@ -61,22 +60,6 @@ class Payload:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return os.system, (f"touch '{self.marker}'",)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model trained for two batches on the digits: `<dir>/checkpoints/last.ckpt`."""
-    out = tmp_path_factory.mktemp("train")
-    overrides = [
-        *TINY_OVERRIDES,
-        "callbacks.sample_grid=null",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=1",
-        "++trainer.num_sanity_val_steps=0",
-    ]
-    fit(compose_train(overrides, out))
-    GlobalHydra.instance().clear()
-    return out / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
@@ -31,8 +30,7 @@ from ddpm_unet.metrics import (
     reference_cache_name,
     select_indices,
 )
-from ddpm_unet.train import fit
-from tests.conftest import ROOT, TINY_OVERRIDES, compose_config, compose_train
+from tests.conftest import ROOT, compose_config
 from tests.fidelity_helpers import RGBUInt8, random_weights_file, uint8
 
 NUM_SAMPLES = 12
@@ -52,22 +50,6 @@ def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("TORCH_HOME", str(home))
         mp.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
         yield home
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model trained for two batches on the digits: `<dir>/checkpoints/last.ckpt`."""
-    out = tmp_path_factory.mktemp("train")
-    overrides = [
-        *TINY_OVERRIDES,
-        "callbacks.sample_grid=null",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=1",
-        "++trainer.num_sanity_val_steps=0",
-    ]
-    fit(compose_train(overrides, out))
-    GlobalHydra.instance().clear()
-    return out / "checkpoints" / "last.ckpt"
 
 
 def run_command(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

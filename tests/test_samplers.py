@@ -406,3 +406,13 @@ def test_hydra_builds_each_sampler_config() -> None:
     assert isinstance(built["ddpm"], DDPM)
     assert built["ddim"] == DDIM(steps=50, eta=0.0)
     assert built["dpm_solver"] == DPMSolver(steps=20)
+
+
+def test_callbacks_take_a_sampler_object_or_name_the_key() -> None:
+    from ddpm_unet.callbacks.sample_grid import SampleGrid
+    from ddpm_unet.models.samplers import DDIM, sampler_or_default
+
+    default = DDIM(steps=7)
+    assert sampler_or_default(None, "callbacks.fid.sampler", default) is default
+    with pytest.raises(UserError, match=r"callbacks.sample_grid.sampler='ddim' is not a sampler"):
+        SampleGrid(output_dir="unused", sampler="ddim")

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
 from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weights_copy
 from ddpm_unet.metrics.reference_stats import select_indices
-from ddpm_unet.models.samplers import DDIM, Sampler
+from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
 from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -132,13 +132,7 @@ class FIDCallback(L.Callback):
         self.num_samples = num_samples
         self.num_real = num_real
         self.real_split = real_split
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise UserError(
-                f"callbacks.fid.sampler={sampler!r} is not a sampler: give a config with "
-                f"_target_, e.g. callbacks.fid.sampler={{_target_: "
-                f"ddpm_unet.models.samplers.ddim.DDIM, steps: 25}}."
-            )
-        self.sampler = DDIM(steps=25) if sampler is None else sampler
+        self.sampler = sampler_or_default(sampler, "callbacks.fid.sampler", DDIM(steps=25))
         self.seed = seed
         self.batch_size = batch_size
         self.feature = feature

@@ -9,7 +9,7 @@ import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm_unet.models.samplers import DDIM, Sampler
+from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
 
@@ -43,13 +43,7 @@ class SampleGrid(L.Callback):
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise UserError(
-                f"callbacks.sample_grid.sampler={sampler!r} is not a sampler: give a config with "
-                f"_target_, e.g. callbacks.sample_grid.sampler={{_target_: "
-                f"ddpm_unet.models.samplers.ddim.DDIM, steps: 100}}."
-            )
-        self.sampler = DDIM(steps=100) if sampler is None else sampler
+        self.sampler = sampler_or_default(sampler, "callbacks.sample_grid.sampler", DDIM(steps=100))
         self.seed = seed
         self.nrow = nrow or max(1, int(num_samples**0.5))
         self.upscale = upscale

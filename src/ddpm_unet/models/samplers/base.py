@@ -170,6 +170,19 @@ class Sampler(ABC):
         return x.clamp(-1.0, 1.0)
 
 
+def sampler_or_default(sampler: Any, key: str, default: Sampler) -> Sampler:
+    """`sampler` if it is a `Sampler` (built by Hydra from a nested config), `default` if None;
+    anything else is a `UserError` naming `key` (e.g. `callbacks.fid.sampler`)."""
+    if sampler is None:
+        return default
+    if not isinstance(sampler, Sampler):
+        raise UserError(
+            f"{key}={sampler!r} is not a sampler: give a config with _target_, e.g. "
+            f"{key}={{_target_: ddpm_unet.models.samplers.ddim.DDIM, steps: 25}}."
+        )
+    return sampler
+
+
 def build_sampler(config: Mapping[str, Any] | None, key: str = "sampler") -> Sampler:
     """A `sampler:` config (a `configs/sampler/` file: `_target_` and settings) -> a `Sampler`
     (DDPM when None). `key` is where the config sits (`sampler`, `callbacks.fid.sampler`): a
