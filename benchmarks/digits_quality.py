@@ -38,6 +38,64 @@ def summarize(probs: np.ndarray, images: np.ndarray) -> dict[str, object]:
     }
 
 
+class FrechetJudge:
+    """Frechet distance of samples to real digits in a digits classifier's features, and its floor.
+
+    The 1797 real digits are shuffled once (seed 0) into two disjoint reference sets `A` and `B`
+    of `n_ref` images each and a rest on which an MLP classifier (one hidden layer of 64 ReLU
+    units) is trained. Features are its hidden activations (`[N, 64]`).
+    * `floor`: FD(A, B), what two real sets of this size score: no model does better on average;
+    * `score(samples)`: FD(samples[:n_ref], B), and `ratio` = score / floor (1 = as real digits);
+    * class shares of the samples by the classifier's prediction (all ten digits should appear).
+    """
+
+    def __init__(self, n_ref: int = 500, seed: int = 0) -> None:
+        from sklearn.neural_network import MLPClassifier
+
+        digits = load_digits()
+        x = digits.data.astype(np.float64) / 16.0  # [1797, 64] in [0, 1]
+        order = np.random.default_rng(seed).permutation(len(x))
+        if 2 * n_ref >= len(x) - 200:
+            raise ValueError(f"n_ref={n_ref} leaves too few digits to train the judge; use <= 750.")
+        a, b, rest = order[:n_ref], order[n_ref : 2 * n_ref], order[2 * n_ref :]
+        self.n_ref = n_ref
+        self.clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=3000, random_state=seed)
+        self.clf.fit(x[rest], digits.target[rest])
+        self.ref_b = self.features(x[b])
+        self.floor = frechet_distance(self.features(x[a]), self.ref_b)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """`images` `[N, 64]` in [0, 1] -> hidden-layer activations `[N, 64]`."""
+        return np.maximum(images @ self.clf.coefs_[0] + self.clf.intercepts_[0], 0.0)
+
+    def score(self, images: np.ndarray) -> dict[str, object]:
+        """`images` `[N >= n_ref, 64]` in [0, 1] -> FD, its ratio to the floor and class shares."""
+        if len(images) < self.n_ref:
+            raise ValueError(f"{len(images)} samples; the judge compares {self.n_ref}.")
+        fd = frechet_distance(self.features(images[: self.n_ref]), self.ref_b)
+        shares = np.bincount(self.clf.predict(images), minlength=10) / len(images)
+        return {
+            "fd": fd,
+            "floor": self.floor,
+            "ratio": fd / self.floor,
+            "min_class_share": float(shares.min()),
+            "class_shares": [round(float(v), 3) for v in shares],
+        }
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to features `[N1, D]` and `[N2, D]` (as FID)."""
+    from scipy import linalg
+
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    # A small ridge, as pytorch-fid does when the product is singular: ReLU units that are dead
+    # on every image have zero variance.
+    ridge = 1e-6 * np.eye(f1.shape[1])
+    s1, s2 = np.cov(f1, rowvar=False) + ridge, np.cov(f2, rowvar=False) + ridge
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
 def make_sampler(name: str, steps: int | None, eta: float) -> Sampler:
     """`--sampler`, `--steps`, `--eta` -> a sampler (each sampler's own default steps if None)."""
     if name == "ddpm":

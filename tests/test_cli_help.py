@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 # Groups that only training composes: sample.py and eval.py must not offer them.
-TRAINING_ONLY = ("hparams_search", "debug", "experiment", "callbacks", "trainer", "model", "data")
+TRAINING_ONLY = ("hparams_search", "debug", "experiment", "callbacks", "model", "data")
 # One override per script, to check that "Current values" reflects the command line.
 HELP_OVERRIDES = {
     "sample": ["sampler=ddim"],
@@ -97,7 +97,10 @@ def _check_keys_documented(script: str, text: str) -> None:
 def test_help_lists_only_the_scripts_groups(script: str, help_text: dict[str, str]) -> None:
     text = help_text[script]
     groups = _groups(text)
-    expected = {"sample": {"sampler", "paths"}, "eval": {"sampler", "logger", "paths"}}[script]
+    expected = {
+        "sample": {"sampler", "trainer", "paths"},
+        "eval": {"sampler", "trainer", "logger", "paths"},
+    }[script]
     assert set(groups) == expected
     for group, listed in groups.items():
         assert sorted(listed) == _option_files(group), f"{group} options in {script} --help"

@@ -67,6 +67,15 @@ ATTN_AT = "model.net.is_attn='${attn_at:${model.net.ch_mults},${attn_placement}}
         (["model.optimizer.lr=abc"], "model.optimizer.lr='abc' is not a number"),
         (["model.optimizer.lr=nan"], "model.optimizer.lr=nan is out of range"),
         (["model.ema_decay=1.0"], "model.ema_decay=1.0 is out of range"),
+        (["data.dataset=imagenet"], "data.dataset='imagenet' is unknown: use one of digits"),
+        (["data.image_channels=2"], "data.image_channels=2 is out of range: give 1 (grey) or 3"),
+        (["model.net.dropout=1.0"], "model.net.dropout=1.0 is out of range"),
+        (["model.net.ch_mults=[]"], "model.net.ch_mults=[] is empty"),
+        (
+            ["data.batch_size=30", "trainer.devices=4"],
+            "data.batch_size=30 is the global batch size and must be divisible by the world size"
+            " 4 (trainer.devices=4 x trainer.num_nodes=1)",
+        ),
         (["data.val_fraction=1.5"], "data.val_fraction=1.5 is out of range"),
         (["data.num_workers=-1"], "data.num_workers=-1 is out of range"),
         (["model.diffusion.num_timesteps=abc"], "model.diffusion.num_timesteps='abc' is not"),
@@ -126,8 +135,8 @@ def test_gpu_accelerator_without_a_gpu_names_the_key(tmp_path: Path) -> None:
         (["num_samples=0"], "num_samples=0 is out of range"),
         (["batch_size=-2"], "batch_size=-2 is out of range: give a positive whole number, or null"),
         (["seed=x"], "seed='x' is not an integer"),
-        (["sampler=ddim", "sampler.steps=0"], "sampler.steps=0 is out of range"),
-        (["sampler=ddim", "sampler.eta=abc"], "sampler.eta='abc' is not a number"),
+        (["sampler=ddim", "sampler.steps=0"], "sampler.steps=0 must be a whole number >= 1"),
+        (["sampler=ddim", "sampler.eta=abc"], "sampler.eta='abc' must be a number >= 0"),
         (["sampler=ddim", "sampler.spacing=even"], "sampler.spacing='even' is unknown"),
         (["device=tpu7"], "device='tpu7' is not a device: use auto, cpu, cuda, cuda:N or mps."),
     ],
@@ -269,7 +278,9 @@ def test_errors_while_hydra_builds_objects_are_unwrapped(
     assert "_check_groups" in [entry.name for entry in info.traceback]
     # a bug in a constructor: the original exception and its traceback, not a one-liner
     monkeypatch.delenv(TRACEBACK_ENV)
-    monkeypatch.setattr(UNet, "_validate", lambda *a, **k: _deep_bug(RuntimeError))
+    monkeypatch.setattr(
+        "ddpm_unet.models.unet.check_unet_arguments", lambda *a, **k: _deep_bug(RuntimeError)
+    )
     with pytest.raises(RuntimeError, match="shape mismatch") as info:
         task()
     assert "_deep_bug" in [entry.name for entry in info.traceback]

@@ -225,12 +225,42 @@ def check_sweep(jobs: int) -> Callable[[Ran], None]:
 
 
 def check_report(ran: Ran) -> None:
+    """Ranked by val/loss_ema (no FID in these sweeps), each job's grid linked and real."""
     sweep = newest("train/multiruns/*/", _logs(ran))
     table = pd.read_csv(sweep / "report.csv")
     assert len(table) == 4 and set(table.status) == {"completed"}
-    assert "| job |" in (sweep / "report.md").read_text()
+    assert table["rank"].tolist() == [1, 2, 3, 4]
+    assert table.best_val_loss_ema.is_monotonic_increasing
+    md = (sweep / "report.md").read_text()
+    assert "Ranked by best `val/loss_ema`" in md and "| rank | job | samples |" in md
+    grids = re.findall(r"!\[job (\d+)\]\(([^)]+)\)", md)
+    assert sorted(job for job, _ in grids) == ["0", "1", "2", "3"]
+    for _, path in grids:
+        assert_grid_has_digits(sweep / path)
+    assert all(f'src="{path}"' in (sweep / "report.html").read_text() for _, path in grids)
     with Image.open(sweep / "report.png") as img:
         assert img.size[0] > 300
+
+
+def check_ray_sweep(ran: Ran) -> None:
+    """The 4-job grid on a local Ray: all completed, two at a time (2 cores, 1 CPU per job)."""
+    statuses = assert_sweep(newest("train/multiruns/*/", _logs(ran)), 4)
+    spans = sorted((s["start"], s["end"]) for s in statuses)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans  # some jobs overlapped
+    assert "(Ray: num_gpus=0, num_cpus=1)" in ran.stdout + ran.stderr
+
+
+def check_ray_gpu(ran: Ran) -> None:
+    """Each job asks Ray for one GPU and one CPU; a local Ray is started (no address)."""
+    check_compose(ran)
+    for line in ("PerJobRayLauncher", "num_gpus: 1", "num_cpus: 1", "address: null"):
+        assert line in ran.stdout, line
+
+
+def check_ray_cluster(ran: Ran) -> None:
+    check_compose(ran)
+    for line in ("PerJobRayLauncher", "address: auto", "num_gpus: 1"):
+        assert line in ran.stdout, line
 
 
 def check_optuna(fid: bool) -> Callable[[Ran], None]:
@@ -266,6 +296,14 @@ def check_run_config(ran: Ran) -> None:
             for part in key.split("."):
                 node = node[part]
             assert str(node) == value, (key, node)
+
+
+def check_sample_ranks(ran: Ran) -> None:
+    """Two CPU processes made the 64 images (`trainer=ddp_sim`), written by rank 0 once."""
+    check_sample(64, pngs=False)(ran)
+    run = newest("sample/runs/*/", _logs(ran))
+    info = json.loads((run / "sample_info.json").read_text())
+    assert info["world_size"] == 2 and info["generated"] == 64, info
 
 
 def check_dpm_solver(ran: Ran) -> None:
@@ -312,6 +350,10 @@ RULES = [
     Rule(r"^python sample\.py .*save_pngs=true", SAMPLE_SHORT, check_sample(64, pngs=True)),
     Rule(r"^python eval\.py ckpt_path=\S+ num_samples=\d+$", EVAL_SHORT, check_eval(False)),
     Rule(r"^python eval\.py .*logger=wandb", [*EVAL_SHORT, *SAMPLE_SHORT], check_eval(True)),
+    Rule(
+        r"^python eval\.py \S+ num_samples=\d+ trainer=ddp$", compose_only=True, check=check_compose
+    ),
+    Rule(r"^python sample\.py \S+ num_samples=64 trainer=ddp_sim$", check=check_sample_ranks),
     Rule(r"^python train\.py hparams_search=unet_arch$", [*ARCH_SHORT, *SHORT_RUN], check_sweep(4)),
     Rule(r"^python -m ddpm_unet\.report ", check=check_report),
     Rule(
@@ -329,6 +371,21 @@ RULES = [
         check_optuna(fid=True),
     ),
     Rule(r"^python train\.py -m hydra/launcher=slurm ", compose_only=True, check=check_slurm),
+    Rule(
+        r"^python train\.py -m hparams_search=unet_arch hydra/launcher=ray$",
+        [*ARCH_SHORT, *SHORT_RUN],
+        check_ray_sweep,
+    ),
+    Rule(  # before the next rule: the same command plus a cluster address
+        r"^python train\.py -m hydra/launcher=ray .*init\.address=",
+        compose_only=True,
+        check=check_ray_cluster,
+    ),
+    Rule(
+        r"^python train\.py -m hydra/launcher=ray trainer=gpu ",
+        compose_only=True,
+        check=check_ray_gpu,
+    ),
     Rule(r"^(WANDB_MODE=offline )?python train\.py logger=", TRAIN_SHORT, check_wandb),
     Rule(r"^python train\.py model\.optimizer\._target_=", TRAIN_SHORT, check_run_config),
     Rule(r"^python train\.py model\.diffusion\.", TRAIN_SHORT, check_run_config),
@@ -351,6 +408,12 @@ def rule_for(command: str) -> Rule:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh copy of the repository (as `git clone` of the working tree would give), with the
     suite's `.venv`, MNIST files in `data/` and stand-in Inception weights."""
+    # The copy's `make` commands share this `.venv`: were its install stamp older than
+    # pyproject.toml, they would reinstall the package in editable mode from the temporary copy,
+    # and every later import of ddpm_unet (here and in the developer's shell) would read it.
+    stamp, project = ROOT / ".venv" / ".installed", ROOT / "pyproject.toml"
+    if not stamp.exists() or stamp.stat().st_mtime < project.stat().st_mtime:
+        pytest.fail("pyproject.toml is newer than the .venv install: run `make install` first.")
     copy = tmp_path_factory.mktemp("readme") / "ddpm-unet"
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],

@@ -299,3 +299,19 @@ def test_atomic_save_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path
     with pytest.raises(CheckpointSaveError, match=r"could not save the checkpoint .*paths.log_dir"):
         AtomicCheckpointIO().save_checkpoint(_checkpoint(), blocker / "checkpoints" / "last.ckpt")
     assert blocker.read_text() == "not a folder"
+
+
+def test_ddp_launcher_hook_is_checked_before_it_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The private Lightning function train.py replaces (to start DDP ranks in the job's folder)
+    is there, and replaced; were it gone, the error names the Lightning version instead of every
+    rank silently starting a run of its own."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    from ddpm_unet.utils.distributed import hydra_ddp_subprocess_cmd, install_hydra_ddp_launcher
+
+    assert subprocess_script._hydra_subprocess_cmd is hydra_ddp_subprocess_cmd  # by train.py
+    monkeypatch.delattr(subprocess_script, "_hydra_subprocess_cmd")
+    with pytest.raises(RuntimeError, match=rf"lightning {L.__version__} has no .*_hydra_subproc"):
+        install_hydra_ddp_launcher()

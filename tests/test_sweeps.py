@@ -67,7 +67,9 @@ def test_arch_grid_2x2_with_wandb_groups_and_report(tmp_path: Path) -> None:
     }
     assert table.params.nunique() == 4  # four different architectures
     assert (table.best_val_loss > 0).all() and (table.img_per_s > 0).all()
-    assert "| job | overrides | status | params |" in (sweep / "report.md").read_text()
+    md = (sweep / "report.md").read_text()
+    assert "| rank | job | samples | overrides | status | params |" in md
+    assert "Ranked by best `val/loss_ema`" in md and (sweep / "report.html").is_file()
     with Image.open(sweep / "report.png") as img:
         assert img.size[0] > 300
 
@@ -119,7 +121,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_joblib(tmp_path: Path
     )
     assert "job 1 (failed)" in frame.stdout
     # the failed job's row is marked, its values empty (not 0), its error shortened
-    assert "| 1 | model.net.n_groups=5 | **failed** | - |" in frame.stdout
+    assert "| - | 1 | - | model.net.n_groups=5 | **failed** | - |" in frame.stdout
     table = pd.read_csv(sweep / "report.csv")
     assert table.status.tolist() == ["completed", "failed"]
     assert pd.isna(table.best_val_loss[1]) and table.best_val_loss[0] > 0

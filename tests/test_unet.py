@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -188,13 +190,21 @@ def test_unet_channels_last_and_multihead() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(ch_mults=(1, 2), is_attn=(False,)), "is_attn has 1 entries but ch_mults has 2"),
+        (
+            dict(ch_mults=(1, 2), is_attn=(False,)),
+            "is_attn=[False] has 1 entries but ch_mults=[1, 2] has 2",
+        ),
+        (dict(ch_mults=(1, 0), is_attn=(False, False)), "ch_mults=[1, 0] must hold positive"),
+        (dict(ch_mults=(1, 2), is_attn=(0, 1)), "is_attn=[0, 1] must hold only true/false"),
+        (dict(ch_mults="12"), "ch_mults='12' is not a list"),
+        (dict(dropout=1.0), "dropout=1.0 is out of range"),
         (dict(n_channels=24), "n_channels=24 is not divisible by n_groups=32"),
         (
             dict(n_channels=32, ch_mults=(1, 3), is_attn=(False, False), n_groups=64),
             "n_channels=32 is not divisible by n_groups=64",
         ),
-        (dict(n_blocks=0), "n_blocks=0"),
+        (dict(n_blocks=0), "n_blocks=0 is out of range"),
+        (dict(n_blocks=1.5), "n_blocks=1.5 is not an integer"),
         (dict(ch_mults=(), is_attn=()), "ch_mults=() is empty"),
         (dict(n_channels=32, n_heads=3), "not divisible by n_heads=3"),
     ],
@@ -207,7 +217,7 @@ def test_bad_construction_raises_clear_value_error(kwargs: dict, message: str) -
         is_attn=(False, True, False, False),
         n_blocks=1,
     )
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         UNet(**{**base, **kwargs})
 
 
@@ -220,5 +230,5 @@ def test_image_size_not_divisible_fails_at_forward() -> None:
         n_blocks=1,
         n_groups=8,
     )
-    with pytest.raises(ValueError, match=r"image size 10x10 is not divisible by 4"):
+    with pytest.raises(ValueError, match=r"image_size=10x10 is not divisible by 4"):
         model(torch.randn(1, 1, 10, 10), torch.tensor([0]))

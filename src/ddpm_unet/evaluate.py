@@ -3,12 +3,18 @@
 Steps, in an order that fails early:
 
 1. resolve the InceptionV3 weights file (`InceptionWeightsNotFoundError` before any sampling);
-2. load the checkpoint (EMA weights) and rebuild its dataset from `run_config["data"]` at the
-   model's resolution and channel count (`data_root` overrides the data root);
-3. name the reference cache entry (`ddpm_unet.metrics.reference_stats`) and check the cached
-   features now: an unreadable entry is deleted with a warning and recomputed in step 5;
-4. sample `num_samples` images (progress bar) and keep them as `samples.npz`;
-5. torch-fidelity `calculate_metrics` on samples (input1) against the real images (input2, cached);
+2. load the checkpoint (EMA weights); build the Trainer of the `trainer` group; on rank 0,
+   rebuild the checkpoint's dataset from `run_config["data"]` at the model's resolution and
+   channel count (`data_root` overrides the data root);
+3. (rank 0) name the reference cache entry (`ddpm_unet.metrics.reference_stats`) and check the
+   cached features now: an unreadable entry is deleted with a warning and recomputed in step 5;
+4. sample `num_samples` images on every device of the trainer (`ddpm_unet.generation.predict`:
+   the same images for any batch size or number of ranks; shards written as they are made, so
+   a rerun with the same `hydra.run.dir` continues an interrupted evaluation) and keep them as
+   `samples.npz`;
+5. (rank 0) torch-fidelity `calculate_metrics` on samples (input1) against the real images
+   (input2, cached), on rank 0's device: the metrics are those of the assembled images, so
+   they do not depend on the number of ranks either;
 6. write `metrics.json` and send the metrics (`eval/fid`, ...) to the configured loggers.
 """
 
@@ -20,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_unet.metrics.fidelity import UInt8Images, fidelity_metrics, to_uint8_hwc
+from ddpm_unet.generation.predict import generate
+from ddpm_unet.generation.shards import write_npz
+from ddpm_unet.metrics.fidelity import UInt8Images, fidelity_metrics
 from ddpm_unet.metrics.inception import resolve_inception_weights
 from ddpm_unet.metrics.reference_stats import (
     build_reference_set,
@@ -32,9 +39,10 @@ from ddpm_unet.metrics.reference_stats import (
     write_cache_info,
 )
 from ddpm_unet.models.samplers import build_sampler
-from ddpm_unet.sample import generate, load_model, resolve_device, sampling_info
+from ddpm_unet.sample import generation_info, load_model, prepare_generation, sampling_info
 from ddpm_unet.utils.checkpoint import read_lit_checkpoint
 from ddpm_unet.utils.config_checks import check_eval_config
+from ddpm_unet.utils.distributed import isolated_distributed_job
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.instantiate import instantiate_loggers
 
@@ -89,7 +97,8 @@ def log_to_loggers(cfg: DictConfig, metrics: dict[str, float], step: int) -> Non
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.ckpt_path`; write `<output_dir>/metrics.json`; return its content."""
+    """Evaluate `cfg.ckpt_path`; write `<output_dir>/metrics.json`; return its content (rank 0;
+    the other ranks only generate their share of the images and return an empty dict)."""
     check_eval_config(cfg)  # bad values name their key here, before any file is read
     num_samples = int(cfg.num_samples)
     metric_flags = {k: bool(cfg.metrics.get(k, False)) for k in ("fid", "kid", "isc", "prc")}
@@ -103,12 +112,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         config_key="inception_weights",
         download_key="inception_download",
     )
-    device = resolve_device(cfg.get("device"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    # 2-3. Model and real images.
-    model = load_model(cfg.ckpt_path, device)
+    # 2-3. Model, devices and (rank 0) the real images.
+    model = load_model(cfg.ckpt_path, "cpu")  # the trainer moves it to its device
     data_cfg = reference_data_config(
         model.run_config,
         model.image_size,
@@ -116,37 +124,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         data_root=cfg.get("data_root"),
         download=bool(cfg.get("data_download", False)),
     )
-    reference = build_reference_set(
-        data_cfg,
-        cfg.reference_split,
-        weights,
-        num_images=cfg.get("num_reference"),
-        subset_seed=int(cfg.get("reference_seed", 0)),
-    )
     cache_root = Path(cfg.cache_dir)
     use_cache = bool(cfg.get("use_cache", True))
-    if use_cache:
-        write_cache_info(cache_root, reference.cache_name, reference.key)
-        # A damaged or planted entry is deleted (one warning) now, not found after sampling.
-        validate_reference_cache(cache_root, reference.cache_name)
+    with isolated_distributed_job():
+        trainer, module, settings = prepare_generation(cfg, model, sampler, output_dir)
+        reference = None
+        if trainer.is_global_zero:
+            reference = build_reference_set(
+                data_cfg,
+                cfg.reference_split,
+                weights,
+                num_images=cfg.get("num_reference"),
+                subset_seed=int(cfg.get("reference_seed", 0)),
+            )
+            if use_cache:
+                write_cache_info(cache_root, reference.cache_name, reference.key)
+                # A damaged or planted entry is deleted (one warning) now, not after sampling.
+                validate_reference_cache(cache_root, reference.cache_name)
+
+        # 4. Samples, on every rank.
+        start = time.perf_counter()
+        array = generate(trainer, module, settings)
+        sampling_s = time.perf_counter() - start
+    if array is None or reference is None:  # not rank 0
+        return {}
     cached_before = cache_files(cache_root, reference.cache_name) if use_cache else {}
-
-    # 4. Samples.
-    start = time.perf_counter()
-    images = generate(
-        model,
-        num_samples,
-        sampler,
-        seed=cfg.get("seed"),
-        batch_size=cfg.get("batch_size"),
-        progress=bool(cfg.get("progress", True)),
-    )
-    sampling_s = time.perf_counter() - start
-    array = to_uint8_hwc(images)
     if cfg.get("save_samples", True):
-        np.savez(output_dir / "samples.npz", images=array)
+        write_npz(output_dir / "samples.npz", {"images": array})
 
-    # 5. torch-fidelity.
+    # 5. torch-fidelity, on rank 0's device.
+    device = trainer.strategy.root_device
     start = time.perf_counter()
     values = fidelity_metrics(
         UInt8Images(array),
@@ -185,13 +192,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "epoch": epoch,
         "global_step": global_step,
         **sampling_info(sampler, model.diffusion.num_timesteps),
-        "seed": cfg.get("seed"),
+        **generation_info(trainer, module),
         "inception_weights": str(weights),
-        "device": str(device),
+        "inception_device": str(device),
         "sampling_s": sampling_s,
         "metrics_s": metrics_s,
     }
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    module.store.remove()  # the images are in samples.npz (or were only needed for this)
     log.info("metrics: %s", json.dumps(values))
     log_to_loggers(cfg, values, step=global_step)
     return result

@@ -29,6 +29,7 @@ from ddpm_unet.callbacks.sample_grid import SampleGrid
 from ddpm_unet.utils.config_checks import check_train_config
 from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
 from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from ddpm_unet.utils.launchers import warn_if_jobs_share_devices
 from ddpm_unet.utils.wandb_setup import configure_wandb
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
         os.replace(tmp, path)  # never a half-written status for the report to choke on
     except OSError as err:  # a full disk must not hide the error that ended the run
         log.error("could not write %s (%s); the status was: %s", path, err, status.get("status"))
+
+
+def _timing(start: float) -> dict[str, float]:
+    """`wall_s`, and the run's `start`/`end` as Unix times (when sweep jobs ran side by side)."""
+    end = time.time()
+    return {"wall_s": end - start, "start": start, "end": end}
 
 
 @rank_zero_only
@@ -194,6 +201,7 @@ def run(cfg: DictConfig) -> float | None:
     # Before anything is written (status.json included): an earlier run's folder is not reused
     # without ckpt_path.
     check_run_folder(output_dir, cfg.get("ckpt_path"))
+    warn_if_jobs_share_devices(cfg)  # local_parallel: GPU jobs side by side share GPU 0
     try:
         with signals.deferred_signals(), isolated_distributed_job():
             metrics = fit(cfg)
@@ -206,7 +214,7 @@ def run(cfg: DictConfig) -> float | None:
                 "step": stop.step,
                 "checkpoint": stop.checkpoint,
                 "resume": f"ckpt_path={stop.checkpoint}" if stop.checkpoint else None,
-                "wall_s": time.time() - start,
+                **_timing(start),
             },
         )
         log.warning(
@@ -225,7 +233,7 @@ def run(cfg: DictConfig) -> float | None:
                 "status": "failed",
                 "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(),
-                "wall_s": time.time() - start,
+                **_timing(start),
             },
         )
         if not _in_multirun():
@@ -234,8 +242,6 @@ def run(cfg: DictConfig) -> float | None:
         return None
     finally:
         _finish_wandb()
-    write_status(
-        output_dir, {"status": "completed", "metrics": metrics, "wall_s": time.time() - start}
-    )
+    write_status(output_dir, {"status": "completed", "metrics": metrics, **_timing(start)})
     value = metrics.get(cfg.get("optimized_metric") or "")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None

@@ -6,9 +6,10 @@ Every `every_n_epochs` epochs, at the end of validation:
    (`datamodule.reference_dataset(real_split)`, indices `rank::world_size`) through InceptionV3
    and into the metrics' real state, which is kept between evaluations
    (`reset_real_features=False`);
-2. each rank samples its share of `num_samples` images from the EMA weights (seed
-   `seed + rank`, so ranks draw different images, the same ones every time) and adds their
-   features to the fake state;
+2. each rank samples its share of the `num_samples` images from the EMA weights (the images
+   `rank::world_size` of one run with `seed`, made by `ddpm_unet.generation.generate_images`
+   as in `sample.py` and `eval.py`: the same images whatever the number of ranks, and the same
+   ones every time) and adds their features to the fake state;
 3. `compute()` sums the states over the ranks (torchmetrics' `sync_on_compute`, an all-gather),
    so every rank gets the FID of all images, and logs it; the fake state is then cleared.
 
@@ -69,12 +70,6 @@ class PrecomputedFeatures(nn.Module):
         return features
 
 
-def share(total: int, rank: int, world_size: int) -> int:
-    """How many of `total` items rank `rank` of `world_size` handles (the first `total %
-    world_size` ranks take one more)."""
-    return total // world_size + (1 if rank < total % world_size else 0)
-
-
 class FIDCallback(L.Callback):
     """Log `val/fid` (torchmetrics `FrechetInceptionDistance`) every `every_n_epochs` epochs.
 
@@ -87,8 +82,8 @@ class FIDCallback(L.Callback):
         sampler: a `ddpm_unet.models.samplers.Sampler` for the generated images (None: DDIM with
             25 steps, an estimate cheap enough to run during training; `eval.py` does the full
             evaluation).
-        seed: noise seed of rank 0 (rank r uses `seed + r`): every evaluation sees the same noise,
-            so changes in FID come from the weights.
+        seed: noise seed of the generated images (image `i` depends on `seed` and `i` only):
+            every evaluation sees the same noise, so changes in FID come from the weights.
         batch_size: images sampled at once per rank.
         feature: Inception feature layer (64, 192, 768 or 2048; FID is defined on 2048).
         inception_batch_size: images per Inception forward.
@@ -261,13 +256,13 @@ class FIDCallback(L.Callback):
                 self._update(self.features(to_uint8(batch), device), real=True)
             self._real_done = True
 
-        n_fake = share(self.num_samples, rank, world)
         images = pl_module.sample_images(
-            n_fake,
+            self.num_samples,
             self.sampler,
-            seed=self.seed + rank,
+            seed=self.seed,
             batch_size=self.batch_size,
             progress=show,
+            indices=range(rank, self.num_samples, world),  # this rank's share
         )
         self._update(self.features(to_uint8(images), device, show), real=False)
 

@@ -21,21 +21,45 @@ from ddpm_unet.data.datasets import (
     ImageDataset,
     PrecomputedImages,
     build_transform,
-    ensure_torchvision_dataset,
     load_torchvision_split,
     random_split_indices,
 )
 from ddpm_unet.data.folder import ImageFolderDataset, list_folder_images
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import (
+    NON_NEGATIVE_INT,
+    OPEN_FRACTION,
+    POSITIVE_INT,
+    SEED,
+    Choice,
+    Kind,
+    Rule,
+    check_arguments,
+)
 
 log = logging.getLogger(__name__)
 
+DATA_RULES: tuple[Rule | Choice, ...] = (
+    Choice("dataset", DATASET_NAMES),
+    Rule("image_size", POSITIVE_INT, "32"),
+    Rule("image_channels", Kind(True, lambda v: v in (1, 3), "1 (grey) or 3 (RGB)"), "3"),
+    Rule("batch_size", POSITIVE_INT, "64"),
+    Rule("num_workers", NON_NEGATIVE_INT, "4"),
+    Rule("val_fraction", OPEN_FRACTION, "0.05"),
+    Rule("seed", SEED, "0"),
+    Rule("max_bad_files", NON_NEGATIVE_INT, "10", null_means="skipping any number"),
+)
+"""`ImageDataModule`'s arguments (the `data` config); checked at construction and by the early
+config check."""
 
-def per_device_batch_size(batch_size: int, world_size: int) -> int:
-    """Split the global `batch_size` evenly over `world_size` processes.
+
+def per_device_batch_size(batch_size: int, world_size: int, world: str = "devices x nodes") -> int:
+    """Split the global `batch_size` evenly over `world_size` processes (`world` says where that
+    number comes from). The one statement of this rule: `setup` and the early config check
+    (before the trainer exists) both call it.
 
     Raises:
-        ValueError: `batch_size` is not a multiple of `world_size`.
+        UserError: `batch_size` is not a multiple of `world_size`.
     """
     if world_size < 1:
         raise ValueError(f"world_size={world_size} must be at least 1.")
@@ -44,7 +68,7 @@ def per_device_batch_size(batch_size: int, world_size: int) -> int:
         options = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
         raise UserError(
             f"data.batch_size={batch_size} is the global batch size and must be divisible by the "
-            f"world size {world_size} (devices x nodes); set data.batch_size to a multiple of "
+            f"world size {world_size} ({world}); set data.batch_size to a multiple of "
             f"{world_size}, e.g. {options}, or change the number of devices."
         )
     return batch_size // world_size
@@ -133,16 +157,9 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         max_bad_files: int | None = None,
     ) -> None:
+        # Every argument, named as its `data.` config key (self is ignored).
+        check_arguments(locals(), DATA_RULES, prefix="data.")
         super().__init__()
-        _validate_arguments(
-            dataset=dataset,
-            image_size=image_size,
-            image_channels=image_channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            max_bad_files=max_bad_files,
-        )
         # logger=False: these are data settings, stored in checkpoints but not as run metrics.
         self.save_hyperparameters(logger=False)
         self.dataset = dataset
@@ -182,7 +199,9 @@ class ImageDataModule(L.LightningDataModule):
             DatasetDownloadError: the download failed (e.g. no network).
         """
         if self.dataset in TORCHVISION_DATASETS:
-            ensure_torchvision_dataset(self.dataset, self.root, self.download)
+            # Building the class is torchvision's own (public) check of its files; it reads the
+            # train split once more than needed, the price of not calling its private checks.
+            load_torchvision_split(self.dataset, self.root, "train", download=self.download)
         elif self.dataset == "folder":
             list_folder_images(self.root)  # cheap existence check; images are verified in setup
 
@@ -192,7 +211,7 @@ class ImageDataModule(L.LightningDataModule):
         Every process builds the same splits: the random split is seeded, the others official.
 
         Raises:
-            ValueError: `batch_size` not divisible by the trainer's world size.
+            UserError: `batch_size` not divisible by the trainer's world size.
             DatasetNotFoundError / CorruptImagesError: see `prepare_data` and `folder`.
         """
         self.world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -314,49 +333,4 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             # Re-spawning workers each epoch costs seconds per epoch on small datasets.
             persistent_workers=self.num_workers > 0,
-        )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _validate_arguments(
-    *,
-    dataset: str,
-    image_size: int,
-    image_channels: int,
-    batch_size: int,
-    num_workers: int,
-    val_fraction: float,
-    max_bad_files: int | None,
-) -> None:
-    """Fail at construction, with the offending value and the fix, not deep inside training."""
-    if dataset not in DATASET_NAMES:
-        raise UserError(
-            f"data.dataset={dataset!r} is unknown; use one of {', '.join(DATASET_NAMES)}."
-        )
-    if image_channels not in (1, 3) or not _is_int(image_channels):
-        raise UserError(
-            f"data.image_channels={image_channels!r} is not supported; use 1 (grey) or 3 (RGB)."
-        )
-    if not _is_int(image_size) or image_size < 1:
-        raise UserError(
-            f"data.image_size={image_size!r} must be a positive integer (pixels per side), e.g. 32."
-        )
-    if not _is_int(batch_size) or batch_size < 1:
-        raise UserError(f"data.batch_size={batch_size!r} must be a positive integer, e.g. 128.")
-    if not _is_int(num_workers) or num_workers < 0:
-        raise UserError(
-            f"data.num_workers={num_workers!r} must be an integer >= 0 (0 loads in the main "
-            f"process)."
-        )
-    if not isinstance(val_fraction, int | float) or not 0.0 < val_fraction < 1.0:
-        raise UserError(
-            f"data.val_fraction={val_fraction!r} must be strictly between 0 and 1, e.g. 0.05."
-        )
-    if max_bad_files is not None and (not _is_int(max_bad_files) or max_bad_files < 0):
-        raise UserError(
-            f"data.max_bad_files={max_bad_files!r} must be null (skip any number of unreadable "
-            f"files) or an integer >= 0."
         )

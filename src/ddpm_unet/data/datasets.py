@@ -8,20 +8,20 @@ Sources:
 * `digits`: scikit-learn's bundled 8x8 handwritten digits (1797 images, values 0..16), read from
   the scikit-learn package itself, so it works offline.
 * `mnist`, `fashion_mnist`, `cifar10`, `celeba`: torchvision's real dataset classes, reading the
-  datasets' own on-disk formats. Before any download, their files are checked with the class's own
-  integrity check (`_check_exists` / `_check_integrity`), so a present dataset never touches the
-  network; missing files raise `DatasetNotFoundError` naming the expected paths and how to get
-  them; a failed download raises `DatasetDownloadError` instead of a bare network traceback.
+  datasets' own on-disk formats, through their public constructors only. A class built with
+  `download=False` runs its own integrity check; when that fails (torchvision's "Dataset not
+  found" `RuntimeError`), `DatasetNotFoundError` names every expected file with its state and how
+  to get it, or, with `data.download=true`, the class is built again with `download=True` (which
+  also checks first, so present files never touch the network) and a failed download raises
+  `DatasetDownloadError` instead of a bare network traceback.
 * `folder`: see `ddpm_unet.data.folder`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,6 @@ TORCHVISION_DATASETS: dict[str, type[VisionDataset]] = {
     "celeba": tv_datasets.CelebA,
 }
 """The names served by torchvision classes (they have an official held-out split)."""
-
-DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
-"""Socket timeout while torchvision downloads: `urllib` waits forever on a stalled connection
-without one, and a training job that hangs before its first step is worse than one that fails."""
 
 CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 
@@ -221,55 +217,36 @@ def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[i
 
 
 # --------------------------------------------------------------------------------------------
-# torchvision datasets: integrity check, guarded download, loading
+# torchvision datasets: their own check, guarded download, clear messages
 # --------------------------------------------------------------------------------------------
 
 
-def _probe(name: str, root: str | os.PathLike[str]) -> VisionDataset:
-    """An instance of the torchvision class for `name` that has only its `root` set.
-
-    Constructing the class for real loads a whole split (CIFAR-10 unpickles 180 MB, CelebA parses
-    five annotation files) and, with `download=True`, goes to the network before checking much.
-    The class's own `_check_exists`/`_check_integrity`/`download` only need `root`, so we call
-    them on this bare instance: the real checks, without loading anything.
-    """
-    cls = TORCHVISION_DATASETS[name]
-    probe = cls.__new__(cls)
-    VisionDataset.__init__(probe, os.fspath(root))
-    return probe
+def _mnist_raw_folder(cls: type[VisionDataset], root: str) -> str:
+    """`<root>/<class name>/raw`: where the MNIST classes keep their files (their documented
+    layout; the class's `raw_folder` property needs an instance, which missing files prevent)."""
+    return os.path.join(root, cls.__name__, "raw")
 
 
-def _is_present(probe: VisionDataset) -> bool:
-    """The torchvision class's own test of whether its files are there (and, where it checks
-    checksums, intact)."""
-    if isinstance(probe, tv_datasets.MNIST):  # FashionMNIST subclasses MNIST
-        return probe._check_legacy_exist() or probe._check_exists()
-    return probe._check_integrity()  # type: ignore[attr-defined]
-
-
-def _expected_files(probe: VisionDataset) -> list[tuple[str, str | None, bool]]:
-    """`(path, md5 or None, is_dir)` for every file the class checks, read from the class."""
-    if isinstance(probe, tv_datasets.MNIST):
+def _expected_files(cls: type[VisionDataset], root: str) -> list[tuple[str, str | None, bool]]:
+    """`(path, md5 or None, is_dir)` for every file class `cls` checks under `root`, read from
+    the class's public attributes (its file lists, checksums and folder names)."""
+    if issubclass(cls, tv_datasets.MNIST):  # FashionMNIST subclasses MNIST
         # It checks the gunzipped files, without checksums (those are for the .gz archives).
-        return [
-            (os.path.join(probe.raw_folder, os.path.splitext(gz)[0]), None, False)
-            for gz, _ in probe.resources
-        ]
-    if isinstance(probe, tv_datasets.CIFAR10):
-        folder = os.path.join(probe.root, probe.base_folder)
-        files = [(name, md5) for name, md5 in probe.train_list + probe.test_list]
-        files.append((probe.meta["filename"], probe.meta["md5"]))
+        raw = _mnist_raw_folder(cls, root)
+        return [(os.path.join(raw, os.path.splitext(f)[0]), None, False) for f, _ in cls.resources]
+    folder = os.path.join(root, cls.base_folder)
+    if issubclass(cls, tv_datasets.CIFAR10):
+        files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
         return [(os.path.join(folder, name), md5, False) for name, md5 in files]
-    if isinstance(probe, tv_datasets.CelebA):
-        folder = os.path.join(probe.root, probe.base_folder)
+    if issubclass(cls, tv_datasets.CelebA):
         expected: list[tuple[str, str | None, bool]] = [
             (os.path.join(folder, name), md5, False)
-            for _, md5, name in probe.file_list
+            for _, md5, name in cls.file_list
             if not name.endswith((".zip", ".7z"))  # the class accepts the unzipped images only
         ]
         expected.append((os.path.join(folder, "img_align_celeba"), None, True))
         return expected
-    raise TypeError(f"no file list for {type(probe).__name__}")
+    raise TypeError(f"no file list for {cls.__name__}")
 
 
 def _file_status(path: str, md5: str | None, is_dir: bool) -> str:
@@ -282,121 +259,107 @@ def _file_status(path: str, md5: str | None, is_dir: bool) -> str:
     return "ok"
 
 
-def _how_to_get(name: str, probe: VisionDataset) -> str:
+def _how_to_get(cls: type[VisionDataset], root: str) -> str:
     """Instructions for fetching the dataset by hand, built from the class's own URLs."""
-    root = os.path.abspath(probe.root)
-    if isinstance(probe, tv_datasets.MNIST):
-        gz = ", ".join(f for f, _ in probe.resources)
+    root = os.path.abspath(root)
+    if issubclass(cls, tv_datasets.MNIST):
+        gz = ", ".join(f for f, _ in cls.resources)
+        raw = _mnist_raw_folder(cls, root)
+        return f"download {gz} from {cls.mirrors[0]} and gunzip them into {raw}"
+    if issubclass(cls, tv_datasets.CIFAR10):
         return (
-            f"download {gz} from {probe.mirrors[0]} and gunzip them into "
-            f"{os.path.abspath(probe.raw_folder)}"
-        )
-    if isinstance(probe, tv_datasets.CIFAR10):
-        return (
-            f"download {probe.url} (md5 {probe.tgz_md5}) and extract it inside {root} "
-            f"(it creates {probe.base_folder}/)"
+            f"download {cls.url} (md5 {cls.tgz_md5}) and extract it inside {root} "
+            f"(it creates {cls.base_folder}/)"
         )
     # CelebA: torchvision downloads it from Google Drive through `gdown`, which is often refused
     # (daily quota), so the manual route is the one that usually works.
-    names = ", ".join(name for _, _, name in probe.file_list)
+    names = ", ".join(name for _, _, name in cls.file_list)
     return (
         f"download {names} from the CelebA Google Drive linked at {CELEBA_PAGE} into "
-        f"{os.path.join(root, probe.base_folder)} and unzip img_align_celeba.zip there "
+        f"{os.path.join(root, cls.base_folder)} and unzip img_align_celeba.zip there "
         f"(torchvision needs every annotation file, not only list_eval_partition.txt; its own "
-        f"downloader needs "
-        f"the `gdown` package and often hits Google Drive's quota)"
+        f"downloader needs the `gdown` package and often hits Google Drive's quota)"
     )
 
 
-def _not_found_message(name: str, probe: VisionDataset, headline: str) -> str:
+def _not_found_message(cls: type[VisionDataset], root: str, headline: str) -> str:
     lines = [
         headline,
-        f"Files torchvision.datasets.{type(probe).__name__} expects:",
+        f"Files torchvision.datasets.{cls.__name__} expects:",
         *(
             f"  {os.path.abspath(path)}  [{_file_status(path, md5, is_dir)}]"
-            for path, md5, is_dir in _expected_files(probe)
+            for path, md5, is_dir in _expected_files(cls, root)
         ),
-        f"To get them: {_how_to_get(name, probe)}; or run with data.download=true on a machine "
-        f"with network access and data.root={os.path.abspath(probe.root)} (or copy that folder "
+        f"To get them: {_how_to_get(cls, root)}; or run with data.download=true on a machine "
+        f"with network access and data.root={os.path.abspath(root)} (or copy that folder "
         f"here afterwards).",
     ]
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _download_socket_timeout(seconds: float) -> Iterator[None]:
-    """Give sockets opened while downloading a timeout, unless the user already set one."""
-    previous = socket.getdefaulttimeout()
-    if previous is None:
-        socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def ensure_torchvision_dataset(name: str, root: str | os.PathLike[str], download: bool) -> None:
-    """Make sure the files of torchvision dataset `name` are under `root`, downloading them when
-    `download` and they are missing.
-
-    The class's integrity check runs first, so present files never cause a network access.
-
-    Raises:
-        DatasetNotFoundError: files missing (or failing their checksum) and `download` is False,
-            or still missing after a download that reported success.
-        DatasetDownloadError: the download raised (no network, HTTP error, quota, bad archive).
-    """
-    probe = _probe(name, root)
-    if _is_present(probe):
-        return
-    where = os.path.abspath(probe.root)
-    if not download:
-        raise DatasetNotFoundError(
-            _not_found_message(
-                name, probe, f"Dataset {name!r} not found under {where} and data.download=false."
-            )
-        )
-    log.info("Dataset %r not found under %s: downloading it.", name, where)
-    try:
-        with _download_socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
-            probe.download()  # type: ignore[attr-defined]
-    # Any exception: downloads fail in many ways (URLError, socket timeouts, HTTP errors wrapped
-    # in RuntimeError by the MNIST mirror loop, gdown missing, a truncated archive), and each
-    # should end in the same actionable message, with the original kept as __cause__.
-    except Exception as err:
-        raise DatasetDownloadError(
-            _not_found_message(
-                name,
-                probe,
-                f"Dataset {name!r} is not under {where} and downloading it failed "
-                f"({type(err).__name__}: {err}). This machine may have no network access.",
-            )
-        ) from err
-    if not _is_present(probe):
-        raise DatasetNotFoundError(
-            _not_found_message(
-                name, probe, f"Dataset {name!r}: the download finished but files are still wrong."
-            )
-        )
-
-
-def load_torchvision_split(name: str, root: str | os.PathLike[str], split: str) -> VisionDataset:
+def load_torchvision_split(
+    name: str, root: str | os.PathLike[str], split: str, download: bool = False
+) -> VisionDataset:
     """The torchvision dataset `name`, split `"train"` or `"val"`, items `(PIL image, target)`.
 
     `val` is the official held-out split: the test set of MNIST, Fashion-MNIST and CIFAR-10, and
-    CelebA's `valid` partition (its `test` partition is left unused). Never downloads; raises
-    `DatasetNotFoundError` when the files are missing.
+    CelebA's `valid` partition (its `test` partition is left unused). The class's constructor
+    checks the files (and, for CIFAR-10 and CelebA, their checksums) itself; only when that check
+    fails and `download` is set does it download.
+
+    No socket timeout is set for the download: torchvision's downloader takes none, and the only
+    other way, `socket.setdefaulttimeout`, would change every socket of the process (loggers'
+    threads included). The download is logged first, with the way to fetch the files by hand.
+
+    Raises:
+        DatasetNotFoundError: the files are missing or fail their checksum, and not `download`.
+        DatasetDownloadError: the download raised (no network, HTTP error, quota, bad archive),
+            or the files are still wrong after it.
     """
     if split not in ("train", "val"):
         raise UserError(f"split={split!r} must be 'train' or 'val'.")
-    ensure_torchvision_dataset(name, root, download=False)
     cls = TORCHVISION_DATASETS[name]
     root = os.fspath(root)
     if cls is tv_datasets.CelebA:
         # target_type=[]: no targets are built (items are (image, None)); the class still reads
-        # all of its annotation files, which the integrity check above has already required.
-        return cls(root, split="train" if split == "train" else "valid", target_type=[])
-    return cls(root, train=split == "train", download=False)
+        # all of its annotation files, which its integrity check requires.
+        kwargs: dict[str, Any] = {"split": "train" if split == "train" else "valid"}
+        kwargs["target_type"] = []
+    else:
+        kwargs = {"train": split == "train"}
+    where = os.path.abspath(root)
+    try:
+        return cls(root, download=False, **kwargs)
+    except RuntimeError as err:
+        if "not found" not in str(err):  # not torchvision's "Dataset not found ...": a bug
+            raise
+    if not download:
+        raise DatasetNotFoundError(
+            _not_found_message(
+                cls, root, f"Dataset {name!r} not found under {where} and data.download=false."
+            )
+        )
+    log.info(
+        "Dataset %r not found under %s: downloading it. If the download stalls, stop it and %s.",
+        name,
+        where,
+        _how_to_get(cls, root),
+    )
+    # Any exception: downloads fail in many ways (URLError, socket errors, HTTP errors wrapped in
+    # RuntimeError by the MNIST mirror loop, gdown missing, a truncated archive, the files still
+    # failing their check), and each should end in the same actionable message, with the
+    # original kept as __cause__.
+    try:
+        return cls(root, download=True, **kwargs)
+    except Exception as err:
+        raise DatasetDownloadError(
+            _not_found_message(
+                cls,
+                root,
+                f"Dataset {name!r} is not under {where} and downloading it failed "
+                f"({type(err).__name__}: {err}). This machine may have no network access.",
+            )
+        ) from err
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:

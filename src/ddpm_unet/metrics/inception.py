@@ -158,21 +158,38 @@ def download_weights(
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     socket_timeout_s: float = DOWNLOAD_SOCKET_TIMEOUT_S,
 ) -> Path:
-    """Download `url` to `destination` (atomically: torch.hub writes a `.partial` file first).
+    """Download `url` to `destination`, atomically (into `<destination>.<pid>.partial`, then
+    renamed), with a progress bar.
+
+    The socket timeout is this request's own (`urlopen(timeout=...)`), not the process-wide
+    default: other threads' connections (W&B, a DataLoader) keep theirs.
 
     Raises:
         OSError: the host cannot be reached or the transfer stalls (timeouts above).
     """
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
     destination = Path(destination)
     _check_reachable(url, connect_timeout_s)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(socket_timeout_s)
+    partial = destination.with_name(f"{destination.name}.{os.getpid()}.partial")
+    log.info("Downloading the Inception weights from %s to %s", url, destination)
+    request = urllib.request.Request(url, headers={"User-Agent": "ddpm-unet"})
     try:
-        log.info("Downloading the Inception weights from %s to %s", url, destination)
-        torch.hub.download_url_to_file(url, str(destination), progress=True)
+        with urllib.request.urlopen(request, timeout=socket_timeout_s) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with (
+                open(partial, "wb") as handle,
+                tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar,
+            ):
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    handle.write(block)
+                    bar.update(len(block))
+        os.replace(partial, destination)
     finally:
-        socket.setdefaulttimeout(previous)
+        partial.unlink(missing_ok=True)
     return destination
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ddpm_unet.models.schedules import as_kwargs, make_betas
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import POSITIVE, Choice, Rule, check_arguments
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PredictionType = Literal["eps", "x0", "v"]
@@ -32,6 +32,13 @@ VarianceType = Literal["beta", "posterior"]
 LossWeighting = Literal["uniform", "min_snr"]
 
 PREDICTION_TYPES = ("eps", "x0", "v")
+DIFFUSION_RULES = (
+    Choice("prediction_type", PREDICTION_TYPES),
+    Choice("variance", ("beta", "posterior")),
+    Choice("loss_weighting", ("uniform", "min_snr")),
+    Rule("min_snr_gamma", POSITIVE, "5.0"),  # Hang et al. use 5
+)
+"""`GaussianDiffusion`'s single-valued arguments (under `model.diffusion.` in the config)."""
 
 
 def _extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -100,17 +107,9 @@ class GaussianDiffusion(nn.Module):
         min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise UserError(
-                f"model.diffusion.prediction_type={prediction_type!r} is unknown: use one of "
-                f"{', '.join(PREDICTION_TYPES)}, e.g. model.diffusion.prediction_type=eps."
-            )
-        if variance not in ("beta", "posterior"):
-            raise UserError(f"variance={variance!r} must be 'beta' or 'posterior'.")
-        if loss_weighting not in ("uniform", "min_snr"):
-            raise UserError(f"loss_weighting={loss_weighting!r} must be 'uniform' or 'min_snr'.")
-        if min_snr_gamma <= 0:
-            raise UserError(f"min_snr_gamma={min_snr_gamma} must be > 0 (Hang et al. use 5).")
+        # Named as their `model.diffusion.` config keys; `num_timesteps` and the schedule's
+        # arguments are checked by `make_betas` below. The early config check builds this object.
+        check_arguments(locals(), DIFFUSION_RULES, prefix="model.diffusion.")
         self.num_timesteps = num_timesteps
         self.schedule = schedule
         self.schedule_kwargs = as_kwargs(schedule_kwargs)

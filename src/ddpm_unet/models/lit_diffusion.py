@@ -18,7 +18,7 @@ how it trains:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -27,15 +27,23 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from ddpm_unet.generation.core import (
+    DEFAULT_MODEL_BATCH,
+    effective_model_batch,
+    generate_images,
+    random_seed,
+)
 from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.models.samplers import DDPM, Sampler
 from ddpm_unet.models.samplers.base import Progress
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import DECAY, SEED, Rule, check_arguments
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 """`optimizer(params) -> Optimizer`: a `_partial_` optimiser (lr, betas, ... bound)."""
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 """`scheduler(optimizer, total_steps=N) -> LRScheduler`, stepped once per optimiser step."""
+LIT_RULES = (Rule("ema_decay", DECAY, "0.9999"), Rule("val_seed", SEED, "1234"))
+"""`LitDiffusion`'s single-valued arguments (under `model.` in the config)."""
 
 
 class EMAUpdate:
@@ -95,9 +103,9 @@ class LitDiffusion(L.LightningModule):
         val_seed: int = 1234,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
+        # Named as their `model.` config keys; the early config check runs the same rules.
+        check_arguments(locals(), LIT_RULES, prefix="model.")
         super().__init__()
-        if not 0.0 <= ema_decay < 1.0:
-            raise UserError(f"ema_decay={ema_decay} must be in [0, 1), e.g. 0.9999.")
         # The built objects are not hyper-parameters: the checkpoint's `run_config` says how to
         # build them again (and a pickled partial would not load with weights_only=True).
         self.save_hyperparameters(
@@ -216,25 +224,31 @@ class LitDiffusion(L.LightningModule):
         batch_size: int | None = None,
         use_ema: bool = True,
         progress: Progress = False,
+        indices: Sequence[int] | None = None,
+        model_batch: int = DEFAULT_MODEL_BATCH,
     ) -> torch.Tensor:
-        """Generate `[num_samples, image_channels, image_size, image_size]` images in [-1, 1].
+        """Images of a run of `num_samples`: `[len(indices), image_channels, image_size,
+        image_size]` in [-1, 1] (all `num_samples` when `indices` is None).
 
-        `sampler`: a `ddpm_unet.models.samplers.Sampler` (DDPM over all T steps when None).
-        Uses the EMA weights unless `use_ema=False`; `seed` fixes the noise (same seed, same
-        images for the same `batch_size`); `batch_size` bounds memory (default: all at once);
-        `progress`: True for a bar per batch, or a callable wrapping each batch's step indices.
+        Through `ddpm_unet.generation.generate_images`, as `sample.py` and `eval.py`: image `i`
+        depends only on `seed`, `sampler` and `i` (and `model_batch`), whatever `batch_size`
+        and whichever other indices are asked for with it; a DDP rank can make its share
+        (`indices=range(rank, num_samples, world_size)`). `sampler`: DDPM over all T steps when
+        None; EMA weights unless `use_ema=False`; `seed=None`: a random one; `batch_size` bounds
+        memory (default: all at once); `progress`: True for a bar per batch, or a callable
+        wrapping each batch's step indices.
         """
         sampler = DDPM() if sampler is None else sampler
         model = self.ema.module if use_ema else self.net
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        batch_size = batch_size or num_samples
         shape = (self.image_channels, self.image_size, self.image_size)
-        chunks = []
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            chunks.append(
-                sampler.sample(model, self.diffusion, (n, *shape), generator, progress=progress)
-            )
-        return torch.cat(chunks)
+        return generate_images(
+            model,
+            self.diffusion,
+            sampler,
+            range(num_samples) if indices is None else indices,
+            random_seed() if seed is None else seed,
+            shape,
+            effective_model_batch(model_batch, num_samples),
+            batch_size=batch_size,
+            progress=progress,
+        )

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import POSITIVE_INT, Rule
 
 ScheduleFn = Callable[..., torch.Tensor]
 
@@ -108,11 +109,7 @@ def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
         raise UserError(
             f"{SCHEDULE_KEY}={name!r} is unknown: use one of {', '.join(sorted(SCHEDULES))}."
         )
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
-        raise UserError(
-            f"model.diffusion.num_timesteps={num_timesteps!r} must be a whole number >= 1, "
-            f"e.g. 1000."
-        )
+    Rule("num_timesteps", POSITIVE_INT, "1000").check(num_timesteps, prefix="model.diffusion.")
     takes = schedule_parameters(name)
     for key in kwargs:
         if key not in takes:

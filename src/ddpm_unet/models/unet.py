@@ -16,20 +16,32 @@ Shapes are written `[batch, channels, height, width]` throughout. For the spec's
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import DECAY, POSITIVE_INT, Rule, check_arguments, shown
 
 AttentionBackend = Literal["sdpa", "einsum"]
 
+UNET_RULES: tuple[Rule, ...] = (
+    Rule("image_channels", POSITIVE_INT, "3"),
+    Rule("n_channels", POSITIVE_INT, "64"),
+    Rule("n_blocks", POSITIVE_INT, "2"),
+    Rule("n_groups", POSITIVE_INT, "8"),
+    Rule("n_heads", POSITIVE_INT, "1"),
+    Rule("dropout", DECAY, "0.1"),
+)
+"""The U-Net's single-valued arguments; checked at construction and by the early config check
+(`check_unet_arguments`)."""
+
 
 def _check_groups(name: str, channels: int, n_groups: int) -> None:
-    """Raise a `ValueError` naming `name` when GroupNorm cannot split `channels` into groups."""
+    """Raise a `UserError` naming `name` when GroupNorm cannot split `channels` into groups."""
     if n_groups < 1 or channels % n_groups != 0:
         raise UserError(
             f"{name}={channels} is not divisible by n_groups={n_groups}: GroupNorm needs every "
@@ -39,24 +51,72 @@ def _check_groups(name: str, channels: int, n_groups: int) -> None:
 
 
 def check_image_size(
-    image_size: int,
+    image_size: int | tuple[int, int],
     ch_mults: Sequence[int],
     size_key: str = "image_size",
     mults_key: str = "ch_mults",
 ) -> None:
-    """Raise `UserError` unless `image_size` halves `len(ch_mults) - 1` times without remainder.
+    """Raise `UserError` unless `image_size` (a side, or `(height, width)`) halves
+    `len(ch_mults) - 1` times without remainder.
 
-    The one statement of this rule: the U-Net, the LightningModule, the summary and the early
-    config check (with the config's keys as `size_key`/`mults_key`) all call it.
+    The one statement of this rule: the U-Net (at construction of its user and in `forward`), the
+    LightningModule, the summary and the early config check (with the config's keys as
+    `size_key`/`mults_key`) all call it.
     """
     factor = 2 ** (len(ch_mults) - 1)
-    if image_size < 1 or image_size % factor:
-        what = "is not a positive multiple of" if image_size < 1 else "is not divisible by"
+    sides = image_size if isinstance(image_size, tuple) else (image_size,)
+    if any(side < 1 or side % factor for side in sides):
+        what = "is not a positive multiple of" if min(sides) < 1 else "is not divisible by"
         raise UserError(
-            f"{size_key}={image_size} {what} {factor} = 2 ** (len(ch_mults) - 1) for "
-            f"{mults_key}={list(ch_mults)}: use a positive multiple of {factor}, or fewer "
-            f"levels in {mults_key}."
+            f"{size_key}={'x'.join(map(str, sides))} {what} {factor} = 2 ** (len(ch_mults) - 1) "
+            f"for {mults_key}={list(ch_mults)}: use a positive multiple of {factor} (resize the "
+            f"images), or fewer levels in {mults_key}."
         )
+
+
+def check_unet_layout(ch_mults: Any, is_attn: Any, prefix: str = "") -> None:
+    """Raise `UserError` unless `ch_mults` and `is_attn` describe the levels: a non-empty list of
+    positive whole multipliers and one true/false attention flag per level.
+
+    The one statement of these rules: `UNet` and the early config check (with the config's
+    `prefix`, `model.net.`) both call it.
+    """
+    m, a = f"{prefix}ch_mults", f"{prefix}is_attn"
+    for key, value, example in ((m, ch_mults, "[1,2,2]"), (a, is_attn, "[false,true,false]")):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise UserError(
+                f"{key}={shown(value)} is not a list: give one entry per resolution, e.g. "
+                f"{key}={example}."
+            )
+    mults, flags = list(ch_mults), list(is_attn)
+    if not mults:
+        raise UserError(
+            f"{m}={shown(ch_mults)} is empty: give one channel multiplier per resolution, e.g. "
+            f"{m}=[1,2,2]."
+        )
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in mults):
+        raise UserError(
+            f"{m}={mults} must hold positive whole numbers, one per resolution, e.g. {m}=[1,2,2]."
+        )
+    no_attention = f"{a}=[{','.join(['false'] * len(mults))}]"
+    if not all(isinstance(flag, bool) for flag in flags):
+        raise UserError(
+            f"{a}={flags} must hold only true/false, one per resolution, e.g. {no_attention}."
+        )
+    if len(flags) != len(mults):
+        raise UserError(
+            f"{a}={flags} has {len(flags)} entries but {m}={mults} has {len(mults)}: give one "
+            f"attention flag per resolution, e.g. {no_attention}."
+        )
+
+
+def check_unet_arguments(arguments: Mapping[str, Any], prefix: str = "") -> None:
+    """`UNET_RULES` and `check_unet_layout` on the `UNet` keyword arguments in `arguments` (e.g.
+    the `model.net` config; absent ones keep their defaults). Raises `UserError` naming
+    `prefix + argument`."""
+    check_arguments(arguments, [r for r in UNET_RULES if r.key in arguments], prefix)
+    if "ch_mults" in arguments and "is_attn" in arguments:
+        check_unet_layout(arguments["ch_mults"], arguments["is_attn"], prefix)
 
 
 class TimeEmbedding(nn.Module):
@@ -246,40 +306,22 @@ class DownBlock(nn.Module):
         return self.attn(self.res(x, t))
 
 
-class UpBlock(nn.Module):
+class UpBlock(DownBlock):
     """One step of the U-Net's second half: a `ResidualBlock` over `[x, skip]`, then attention.
 
     The input is the concatenation (on channels) of the current feature map and the skip
     connection from the first half, so the residual block takes `in_channels + out_channels`
-    channels; `out_channels` is also the skip's channel count.
+    channels; `out_channels` is also the skip's channel count. Otherwise a `DownBlock`.
 
     * in: `x` `[batch, in_channels + out_channels, height, width]`, `t` `[batch, time_channels]`
     * out: `[batch, out_channels, height, width]`
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        time_channels: int,
-        has_attn: bool,
-        n_groups: int = 32,
-        dropout: float = 0.1,
-        n_heads: int = 1,
-        attn_backend: AttentionBackend = "sdpa",
+        self, in_channels: int, out_channels: int, time_channels: int, has_attn: bool, **kwargs: Any
     ) -> None:
-        super().__init__()
-        self.res = ResidualBlock(
-            in_channels + out_channels, out_channels, time_channels, n_groups, dropout
-        )
-        self.attn: nn.Module = (
-            AttentionBlock(out_channels, n_heads, n_groups=n_groups, backend=attn_backend)
-            if has_attn
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.attn(self.res(x, t))
+        channels = in_channels + out_channels  # the map and its skip, concatenated
+        super().__init__(channels, out_channels, time_channels, has_attn, **kwargs)
 
 
 class MiddleBlock(nn.Module):
@@ -370,10 +412,18 @@ class UNet(nn.Module):
         n_heads: int = 1,
         attn_backend: AttentionBackend = "sdpa",
     ) -> None:
+        # Every argument, checked as the early config check checks `model.net` (self is ignored).
+        check_unet_arguments(locals())
         super().__init__()
-        ch_mults = tuple(int(m) for m in ch_mults)
-        is_attn = tuple(bool(a) for a in is_attn)
-        self._validate(image_channels, n_channels, ch_mults, is_attn, n_blocks, n_groups, dropout)
+        ch_mults, is_attn = tuple(ch_mults), tuple(is_attn)
+        _check_groups("n_channels", n_channels, n_groups)
+        for mult in ch_mults:
+            _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
+        if n_channels % 8 != 0:
+            raise UserError(
+                f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 "
+                "groups."
+            )
         self.image_channels = image_channels
         self.n_channels = n_channels
         self.ch_mults = ch_mults
@@ -427,61 +477,12 @@ class UNet(nn.Module):
         self.act = nn.SiLU()
         self.final = nn.Conv2d(in_channels, image_channels, kernel_size=3, padding=1)
 
-    @staticmethod
-    def _validate(
-        image_channels: int,
-        n_channels: int,
-        ch_mults: tuple[int, ...],
-        is_attn: tuple[bool, ...],
-        n_blocks: int,
-        n_groups: int,
-        dropout: float,
-    ) -> None:
-        """Reject configurations that would fail (or silently misbehave) later."""
-        if image_channels < 1:
-            raise UserError(f"image_channels={image_channels} must be at least 1.")
-        if len(ch_mults) == 0:
-            raise UserError(
-                "ch_mults=() is empty: give one channel multiplier per resolution, e.g. (1, 2, 2)."
-            )
-        if any(m < 1 for m in ch_mults):
-            raise UserError(f"ch_mults={ch_mults}: every multiplier must be a positive integer.")
-        if len(is_attn) != len(ch_mults):
-            raise UserError(
-                f"is_attn has {len(is_attn)} entries but ch_mults has {len(ch_mults)}: give one "
-                f"attention flag per resolution (is_attn={is_attn}, ch_mults={ch_mults})."
-            )
-        if n_blocks < 1:
-            raise UserError(f"n_blocks={n_blocks} must be at least 1 (blocks per resolution).")
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"dropout={dropout} must be in [0, 1).")
-        _check_groups("n_channels", n_channels, n_groups)
-        for mult in ch_mults:
-            _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
-        if n_channels % 8 != 0:
-            raise UserError(
-                f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 "
-                "groups."
-            )
-
-    @property
-    def downsampling_factor(self) -> int:
-        """Height and width must be multiples of this: `2 ** (len(ch_mults) - 1)`."""
-        return 2 ** (len(self.ch_mults) - 1)
-
     def check_image_size(self, image_size: int, size_key: str = "image_size") -> None:
         """Raise `UserError` unless square images of `image_size` fit this U-Net's levels."""
         check_image_size(image_size, self.ch_mults, size_key)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        factor = self.downsampling_factor
-        if height % factor or width % factor:
-            raise UserError(
-                f"image size {height}x{width} is not divisible by {factor} = 2 ** (len(ch_mults) "
-                f"- 1) for ch_mults={self.ch_mults}: resize the images to a multiple of {factor} "
-                "or use fewer resolutions."
-            )
+        check_image_size(tuple(x.shape[-2:]), self.ch_mults)  # else a size mismatch in torch.cat
         t = self.time_emb(t)  # [b] -> [b, 4 * n_channels]
         x = self.image_proj(x)  # [b, image_channels, h, w] -> [b, n_channels, h, w]
         skips = [x]

@@ -119,15 +119,13 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     return checkpoint
 
 
-def check_lit_checkpoint(
-    checkpoint: Mapping[str, Any], path: str | Path, key: str = "ckpt_path", resume: bool = False
-) -> None:
-    """Raise `CheckpointError` unless `checkpoint` was written by this project's train.py.
-
-    Args:
-        checkpoint: what `read_checkpoint` returned.
-        resume: also require the training state Lightning needs to continue the run.
+def read_lit_checkpoint(
+    path: str | Path, key: str = "ckpt_path", resume: bool = False
+) -> dict[str, Any]:
+    """`read_checkpoint`, then raise `CheckpointError` unless it was written by this project's
+    train.py (and, with `resume`, holds the training state Lightning needs to continue the run).
     """
+    checkpoint = read_checkpoint(path, key)
     name = f"{key}={path}"
     state_dict = checkpoint.get("state_dict")
     if state_dict is None:
@@ -170,14 +168,6 @@ def check_lit_checkpoint(
                 f"({', '.join(absent)} missing): sample or evaluate it (sample.py/eval.py "
                 f"ckpt_path=...), or start a new run without ckpt_path."
             )
-
-
-def read_lit_checkpoint(
-    path: str | Path, key: str = "ckpt_path", resume: bool = False
-) -> dict[str, Any]:
-    """`read_checkpoint` + `check_lit_checkpoint`: a checkpoint of this project's model."""
-    checkpoint = read_checkpoint(path, key)
-    check_lit_checkpoint(checkpoint, path, key, resume=resume)
     return checkpoint
 
 
@@ -245,7 +235,7 @@ def model_from_checkpoint(
 ) -> LitDiffusion:
     """`LitDiffusion` built from the checkpoint's `run_config["model"]`, its weights loaded (CPU).
 
-    The checkpoint must have passed `check_lit_checkpoint`. The model config is instantiated
+    The checkpoint must come from `read_lit_checkpoint`. The model config is instantiated
     with Hydra, as train.py built it, after every `_target_` in it was found among the trusted
     ones (`trusted_targets`): a checkpoint is data, and an arbitrary `_target_` would be code.
     Then the weights are loaded strictly, with a clear error when they do not fit.

@@ -2,146 +2,72 @@
 
 Two kinds of check, both raising `ConfigError` (a `UserError`: one line, exit status 2):
 
-* each value on its own: `check_values` walks a declarative table of `Rule(key, kind, example)`
-  (is `data.batch_size` a whole number >= 1? is `model.optimizer.lr` > 0?), so a typo such as
-  `data.batch_size=abc` names its key instead of failing later inside `int()` or torch;
-* combinations (`check_model_config`, `check_trainer_config`, ...), and the values only the
-  machine can judge (`check_device`: is there a GPU for `device=cuda`?).
+* each value on its own, by a table of `Rule(key, kind, example)` (`ddpm_unet.utils.rules`): is
+  `data.batch_size` a whole number >= 1? is `model.optimizer.lr` > 0? A typo such as
+  `data.batch_size=abc` names its key instead of failing later inside `int()` or torch. The rules
+  of our own objects are declared beside them (`DATA_RULES`, `UNET_RULES`, `LIT_RULES`) and run
+  here on the config; the tables below hold only the keys no object of ours checks;
+* combinations, each by the function of the object it protects (`check_unet_layout`,
+  `check_image_size`, `per_device_batch_size`, `check_warmup_cosine`, a sampler's constructor),
+  and the values only the machine can judge (`check_device`: is there a GPU for `device=cuda`?).
 
 `check_train_config`, `check_sample_config` and `check_eval_config` run them all for one command.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from ddpm_unet.data.datamodule import DATA_RULES, per_device_batch_size
+from ddpm_unet.models.diffusion import GaussianDiffusion
+from ddpm_unet.models.lit_diffusion import LIT_RULES
 from ddpm_unet.models.lr_schedules import check_warmup_cosine
-from ddpm_unet.models.unet import check_image_size
+from ddpm_unet.models.unet import check_image_size, check_unet_arguments
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import (
+    AT_LEAST_TWO,
+    LIMIT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    Choice,
+    ConfigError,
+    Rule,
+    check_values,
+    shown,
+)
 
 UNET_TARGET = "ddpm_unet.models.unet.UNet"
+DATA_TARGET = "ddpm_unet.data.ImageDataModule"
+LIT_TARGET = "ddpm_unet.models.lit_diffusion.LitDiffusion"
+DIFFUSION_TARGET = "ddpm_unet.models.diffusion.GaussianDiffusion"
 WARMUP_COSINE_TARGET = "ddpm_unet.models.lr_schedules.warmup_cosine"
 
 
-class ConfigError(UserError):
-    """A config value (or combination) that cannot work; the message names the key and the fix."""
+@contextmanager
+def _as_config_error() -> Iterator[None]:
+    """An object's own check, run on the config: its `UserError` becomes a `ConfigError`."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
-# ------------------------------------------------------------------------------------------------
-# one value at a time: a table of rules
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Kind:
-    """What a value must be: a whole number (`whole`) or any real number, for which `allowed`
-    holds; `words` says so to the user ("a positive whole number")."""
-
-    whole: bool
-    allowed: Callable[[float], bool]
-    words: str
-
-
-POSITIVE_INT = Kind(True, lambda v: v >= 1, "a positive whole number")
-AT_LEAST_TWO = Kind(True, lambda v: v >= 2, "a whole number >= 2")
-NON_NEGATIVE_INT = Kind(True, lambda v: v >= 0, "a whole number >= 0")
-# numpy's and Lightning's seeding accept 0 .. 2**32 - 1 only.
-SEED = Kind(True, lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295")
-LIMIT = Kind(True, lambda v: v == -1 or v >= 1, "a positive whole number, or -1 for no limit")
-POSITIVE = Kind(False, lambda v: v > 0, "a number > 0")
-NON_NEGATIVE = Kind(False, lambda v: v >= 0, "a number >= 0")
-OPEN_FRACTION = Kind(False, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
-DECAY = Kind(False, lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")
-FRACTION = Kind(False, lambda v: 0 <= v <= 1, "a number from 0 to 1")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """`key` must hold a value of `kind`; `example` is a good value shown in the message.
-
-    `null_means`: null is allowed and means this (e.g. "a random seed"); None: null is an error.
-    A key absent from the config (e.g. a callback turned off) is not checked.
-    """
-
-    key: str
-    kind: Kind
-    example: str
-    null_means: str | None = None
-
-
-@dataclass(frozen=True)
-class Choice:
-    """`key` must be one of `options` (strings)."""
-
-    key: str
-    options: tuple[str, ...]
-
-
-_ABSENT = object()
-
-
-def _shown(value: Any) -> str:
-    """A value as the user would type it back: strings quoted, None as null."""
-    return "null" if value is None else repr(value)
-
-
-def _select(cfg: DictConfig, key: str) -> Any:
-    """The resolved value at dotted `key`, or `_ABSENT` when it (or a parent) is not there."""
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-    if not isinstance(parent, DictConfig) or leaf not in parent:
-        return _ABSENT
-    return parent[leaf]
-
-
-def check_value(key: str, value: Any, kind: Kind, example: str, null_means: str | None) -> None:
-    """Raise `ConfigError` unless `value` (the value of `key`) is of `kind`."""
-    words = kind.words + (f", or null for {null_means}" if null_means else "")
-    fix = f"give {words}, e.g. {key}={example}."
-    if value is None:
-        if null_means is None:
-            raise ConfigError(f"{key}=null is not allowed: {fix}")
-        return
-    # bool is an int in Python, but `data.batch_size=true` is a mistake, not the number 1.
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_number = is_int or isinstance(value, float)
-    if kind.whole and not is_int:
-        raise ConfigError(f"{key}={_shown(value)} is not an integer: {fix}")
-    if not is_number:
-        raise ConfigError(f"{key}={_shown(value)} is not a number: {fix}")
-    if math.isnan(value) or not kind.allowed(value):
-        raise ConfigError(f"{key}={_shown(value)} is out of range: {fix}")
-
-
-def check_values(cfg: DictConfig, rules: Sequence[Rule | Choice]) -> None:
-    """Check every key of `rules` that `cfg` has; raise `ConfigError` at the first bad one."""
-    for rule in rules:
-        value = _select(cfg, rule.key)
-        if value is _ABSENT:
-            continue
-        if isinstance(rule, Choice):
-            if value not in rule.options:
-                raise ConfigError(
-                    f"{rule.key}={_shown(value)} is unknown: use one of "
-                    f"{', '.join(rule.options)}, e.g. {rule.key}={rule.options[0]}."
-                )
-        else:
-            check_value(rule.key, value, rule.kind, rule.example, rule.null_means)
-
-
-# Values set for every command that samples (sample.py, eval.py).
+# Values set for every command that samples (sample.py, eval.py); the sampler's own settings are
+# checked by its constructor (`check_sampler`).
 SAMPLING_RULES: tuple[Rule | Choice, ...] = (
     Rule("batch_size", POSITIVE_INT, "256", null_means="all images at once"),
     Rule("seed", SEED, "0", null_means="a random seed"),
-    Rule("sampler.steps", POSITIVE_INT, "50"),
-    Rule("sampler.eta", NON_NEGATIVE, "0.0"),
 )
 
 SAMPLE_RULES: tuple[Rule | Choice, ...] = (
@@ -165,27 +91,9 @@ EVAL_RULES: tuple[Rule | Choice, ...] = (
 
 TRAIN_RULES: tuple[Rule | Choice, ...] = (
     Rule("seed", SEED, "42", null_means="a random seed"),
-    Rule("data.batch_size", POSITIVE_INT, "64"),
-    Rule("data.image_size", POSITIVE_INT, "32"),
-    Rule("data.image_channels", POSITIVE_INT, "3"),
-    Rule("data.num_workers", NON_NEGATIVE_INT, "4"),
-    Rule("data.val_fraction", OPEN_FRACTION, "0.05"),
-    Rule("data.seed", SEED, "0"),
-    Rule("data.max_bad_files", NON_NEGATIVE_INT, "10", null_means="skipping any number"),
-    Rule("model.net.n_channels", POSITIVE_INT, "64"),
-    Rule("model.net.n_blocks", POSITIVE_INT, "2"),
-    Rule("model.net.n_groups", POSITIVE_INT, "8"),
-    Rule("model.net.n_heads", POSITIVE_INT, "1"),
-    Rule("model.net.dropout", DECAY, "0.1"),
-    Rule("model.diffusion.num_timesteps", POSITIVE_INT, "1000"),
-    Rule("model.diffusion.schedule_kwargs.beta_start", OPEN_FRACTION, "0.0001"),
-    Rule("model.diffusion.schedule_kwargs.beta_end", OPEN_FRACTION, "0.02"),
-    Rule("model.diffusion.min_snr_gamma", POSITIVE, "5.0"),
     Rule("model.optimizer.lr", POSITIVE, "2e-4"),
     Rule("model.optimizer.weight_decay", NON_NEGATIVE, "0.0"),
     Rule("model.optimizer.eps", POSITIVE, "1e-8"),
-    Rule("model.ema_decay", DECAY, "0.9999"),
-    Rule("model.val_seed", SEED, "1234"),
     Rule("trainer.max_epochs", LIMIT, "100", null_means="Lightning's default"),
     Rule("trainer.min_epochs", NON_NEGATIVE_INT, "1", null_means="no minimum"),
     Rule("trainer.max_steps", LIMIT, "100000"),
@@ -202,11 +110,9 @@ TRAIN_RULES: tuple[Rule | Choice, ...] = (
     Rule("trainer.num_nodes", POSITIVE_INT, "1"),
     Rule("callbacks.sample_grid.every_n_epochs", POSITIVE_INT, "10"),
     Rule("callbacks.sample_grid.num_samples", POSITIVE_INT, "64"),
-    Rule("callbacks.sample_grid.sampler.steps", POSITIVE_INT, "100"),
     Rule("callbacks.fid.every_n_epochs", POSITIVE_INT, "50"),
     Rule("callbacks.fid.num_samples", AT_LEAST_TWO, "1000"),
     Rule("callbacks.fid.batch_size", POSITIVE_INT, "250"),
-    Rule("callbacks.fid.sampler.steps", POSITIVE_INT, "25"),
 )
 
 
@@ -262,7 +168,7 @@ def check_device(key: str, device: Any) -> None:
         parsed = torch.device(str(device))
     except RuntimeError:
         raise ConfigError(
-            f"{key}={_shown(device)} is not a device: use auto, cpu, cuda, cuda:N or mps."
+            f"{key}={shown(device)} is not a device: use auto, cpu, cuda, cuda:N or mps."
         ) from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -292,44 +198,33 @@ def check_accelerator(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accelerator=mps but this machine has no Apple GPU (MPS): {fix}")
 
 
-def check_model_config(cfg: DictConfig) -> None:
-    """`model.net` and `data` agree: one attention flag per level, image size fits the levels.
+def _target_is(node: Any, target: str) -> bool:
+    """`node` is a config built by our `target` (the default when it names no `_target_`)."""
+    return isinstance(node, DictConfig) and node.get("_target_", target) == target
 
-    For the U-Net only: another network (`model.net._target_`) checks its own arguments."""
-    net = cfg.model.net
-    if net.get("_target_", UNET_TARGET) != UNET_TARGET:
-        return
-    for key, example in (("ch_mults", "[1,2,2]"), ("is_attn", "[false,true,false]")):
-        if not isinstance(net.get(key), ListConfig | list | tuple):
-            raise ConfigError(
-                f"model.net.{key}={_shown(net.get(key))} is not a list: give one entry per "
-                f"resolution, e.g. model.net.{key}={example}."
+
+def check_model_config(cfg: DictConfig) -> None:
+    """The checks of our own objects on their configs: the data module's and the
+    LightningModule's values, the diffusion process (built), the U-Net's (values, one attention
+    flag per level) and the image size its levels can halve. Another network or data module
+    (`_target_`) checks its own."""
+    with _as_config_error():
+        if _target_is(cfg.get("data"), DATA_TARGET):
+            check_values(cfg, DATA_RULES, prefix="data.")
+        if _target_is(cfg.model, LIT_TARGET):
+            check_values(cfg, LIT_RULES, prefix="model.")
+        diffusion = cfg.model.get("diffusion")
+        if _target_is(diffusion, DIFFUSION_TARGET):
+            # Built here (a few tables of T floats): its own checks, and its schedule's, run once.
+            GaussianDiffusion(**{k: v for k, v in diffusion.items() if k != "_target_"})
+        net = cfg.model.get("net")
+        if not _target_is(net, UNET_TARGET):
+            return
+        check_unet_arguments(net, prefix="model.net.")
+        if "ch_mults" in net and "image_size" in cfg.get("data", {}):
+            check_image_size(
+                cfg.data.image_size, net.ch_mults, "data.image_size", "model.net.ch_mults"
             )
-    ch_mults, is_attn = list(net.ch_mults), list(net.is_attn)
-    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in ch_mults):
-        raise ConfigError(
-            f"model.net.ch_mults={ch_mults} must hold positive whole numbers, one per "
-            "resolution, e.g. model.net.ch_mults=[1,2,2]."
-        )
-    if not all(isinstance(flag, bool) for flag in is_attn):
-        raise ConfigError(
-            f"model.net.is_attn={is_attn} must hold only true/false, one per resolution, e.g. "
-            f"model.net.is_attn=[{','.join(['false'] * len(ch_mults))}]."
-        )
-    if len(ch_mults) == 0:
-        raise ConfigError("model.net.ch_mults=[] is empty: give one multiplier per resolution.")
-    if len(is_attn) != len(ch_mults):
-        raise ConfigError(
-            f"model.net.is_attn={is_attn} has {len(is_attn)} entries but model.net.ch_mults="
-            f"{ch_mults} has {len(ch_mults)}: give one attention flag per resolution, e.g. "
-            f"model.net.is_attn=[{','.join(['false'] * len(ch_mults))}]."
-        )
-    try:
-        check_image_size(
-            int(cfg.data.image_size), ch_mults, "data.image_size", "model.net.ch_mults"
-        )
-    except UserError as err:
-        raise ConfigError(str(err)) from None
 
 
 def check_trainer_config(cfg: DictConfig) -> None:
@@ -337,13 +232,9 @@ def check_trainer_config(cfg: DictConfig) -> None:
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
     batch_size = cfg.data.get("batch_size")
     if isinstance(devices, int) and devices > 0 and batch_size is not None:
-        world = devices * int(nodes)
-        if int(batch_size) % world:
-            raise ConfigError(
-                f"data.batch_size={batch_size} (the global batch) does not split evenly over "
-                f"{world} processes (trainer.devices={devices} x trainer.num_nodes={nodes}): "
-                f"choose a multiple of {world}."
-            )
+        world = f"trainer.devices={devices} x trainer.num_nodes={nodes}"
+        with _as_config_error():
+            per_device_batch_size(int(batch_size), devices * int(nodes), world)
 
 
 def check_schedule_config(cfg: DictConfig) -> None:
@@ -353,12 +244,10 @@ def check_schedule_config(cfg: DictConfig) -> None:
     if scheduler is None or scheduler.get("_target_") != WARMUP_COSINE_TARGET:
         return
     decay = scheduler.get("decay", "none")
-    try:
+    with _as_config_error():
         check_warmup_cosine(
             scheduler.get("warmup_steps", 0), decay, scheduler.get("min_lr_ratio", 0.0)
         )
-    except UserError as err:
-        raise ConfigError(str(err)) from None
     if decay != "cosine":
         return
     max_steps = cfg.trainer.get("max_steps", -1)
@@ -375,28 +264,36 @@ def check_sampler(cfg: DictConfig, key: str) -> None:
     """The sampler config at `key` builds (the sampler checks its own settings)."""
     from ddpm_unet.models.samplers import build_sampler
 
-    if _select(cfg, key) is _ABSENT:
-        return
-    try:
+    if OmegaConf.select(cfg, key) is None:
+        return  # absent, or null: DDPM
+    with _as_config_error():
         build_sampler(OmegaConf.select(cfg, key), key)
-    except UserError as err:
-        raise ConfigError(str(err)) from None
+
+
+def check_generation_config(cfg: DictConfig) -> None:
+    """What `sample.py` and `eval.py` share: the generation settings, the sampler, the device or
+    the trainer's accelerator (`trainer=ddp` without a GPU: one line, not Lightning's traceback)."""
+    from ddpm_unet.generation.core import GENERATION_RULES
+
+    check_values(cfg, GENERATION_RULES)
+    check_sampler(cfg, "sampler")
+    check_device("device", cfg.get("device"))
+    if "trainer" in cfg:
+        check_accelerator(cfg)
 
 
 def check_sample_config(cfg: DictConfig) -> None:
     """`sample.py`'s values, before the checkpoint is read; raises `ConfigError`."""
     check_resolvable(cfg)
     check_values(cfg, SAMPLE_RULES)
-    check_sampler(cfg, "sampler")
-    check_device("device", cfg.get("device"))
+    check_generation_config(cfg)
 
 
 def check_eval_config(cfg: DictConfig) -> None:
     """`eval.py`'s values, before the checkpoint is read; raises `ConfigError`."""
     check_resolvable(cfg)
     check_values(cfg, EVAL_RULES)
-    check_sampler(cfg, "sampler")
-    check_device("device", cfg.get("device"))
+    check_generation_config(cfg)
 
 
 def check_train_config(cfg: DictConfig) -> None:

@@ -54,7 +54,11 @@ def register_resolvers() -> None:
     `${grid_upscale:<image_size>}` -> int (see `grid_upscale`);
     `${project_root:}` -> the project root (see `project_root`)."""
     if not OmegaConf.has_resolver("attn_at"):
-        OmegaConf.register_new_resolver("attn_at", lambda m, p: attention_flags(list(m), str(p)))
+        # Returned as a ListConfig: OmegaConf wraps a plain list when a value is read, but not
+        # when the whole config is resolved (`--cfg job --resolve`, `OmegaConf.resolve`).
+        OmegaConf.register_new_resolver(
+            "attn_at", lambda m, p: OmegaConf.create(attention_flags(list(m), str(p)))
+        )
     if not OmegaConf.has_resolver("grid_upscale"):
         OmegaConf.register_new_resolver("grid_upscale", grid_upscale)
     if not OmegaConf.has_resolver("project_root"):

@@ -23,42 +23,28 @@ from ddpm_unet.utils.errors import UserError
 SUMMARY_COLUMNS = ("input_size", "output_size", "num_params")
 
 
-def example_inputs(
-    model: UNet, image_size: int, batch_size: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random `(x, t)` for `model`: `x` `[batch, image_channels, size, size]`, `t` `[batch]`.
+def summarize_unet(model: UNet, image_size: int, batch_size: int = 1, depth: int = 3) -> str:
+    """Return a table of every block's input shape, output shape and parameter count.
 
-    They live on the model's device and `x` has its dtype, so a model already moved to a GPU or
-    cast to half precision can be summarised as it is.
+    * `model`: any `UNet`; the random input `x` `[batch_size, image_channels, image_size,
+      image_size]` and `t` `[batch_size]` live on its device and `x` has its dtype, so a model
+      already moved to a GPU or cast to half precision is summarised as it is
+    * `image_size`: height and width of the square input; a multiple of
+      `2 ** (len(model.ch_mults) - 1)`
+    * `batch_size`: batch dimension of the dummy input (shapes only; 1 is enough)
+    * `depth`: nesting shown; 3 reaches the residual and attention blocks inside each
+      `DownBlock` / `UpBlock`, and the layers inside the `MiddleBlock`
     """
     # Checked here because torchinfo would wrap the U-Net's own error in a generic one.
     model.check_image_size(image_size)
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1.")
     param = next(model.parameters())
-    x = torch.randn(
-        batch_size,
-        model.image_channels,
-        image_size,
-        image_size,
-        device=param.device,
-        dtype=param.dtype,
-    )
+    shape = (batch_size, model.image_channels, image_size, image_size)
+    x = torch.randn(shape, device=param.device, dtype=param.dtype)
     # Any step works for shapes; a fixed one keeps the summary deterministic apart from `x`.
     t = torch.full((batch_size,), 500, device=param.device, dtype=torch.long)
-    return x, t
-
-
-def summary_statistics(
-    model: UNet, image_size: int, batch_size: int = 1, depth: int = 3
-) -> torchinfo.ModelStatistics:
-    """torchinfo's statistics for one forward pass of `model` on `image_size` x `image_size`.
-
-    Use this when the numbers are needed (`.total_params`, `.summary_list`); `summarize_unet`
-    gives the printable table.
-    """
-    x, t = example_inputs(model, image_size, batch_size)
-    return torchinfo.summary(
+    statistics = torchinfo.summary(
         model,
         input_data=[x, t],
         col_names=SUMMARY_COLUMNS,
@@ -67,22 +53,9 @@ def summary_statistics(
         # Eval mode: dropout off, and torchinfo restores the model's previous mode afterwards.
         mode="eval",
     )
-
-
-def summarize_unet(model: UNet, image_size: int, batch_size: int = 1, depth: int = 3) -> str:
-    """Return a table of every block's input shape, output shape and parameter count.
-
-    * `model`: any `UNet` (its device and dtype are used for the dummy input)
-    * `image_size`: height and width of the square input; a multiple of
-      `model.downsampling_factor`
-    * `batch_size`: batch dimension of the dummy input (shapes only; 1 is enough)
-    * `depth`: nesting shown; 3 reaches the residual and attention blocks inside each
-      `DownBlock` / `UpBlock`, and the layers inside the `MiddleBlock`
-    """
-    text = str(summary_statistics(model, image_size, batch_size, depth))
     # torchinfo 1.8 formats its `Units` str-enum with f-strings, which on Python >= 3.11 prints
     # "(Units.MEGABYTES)" instead of "(M)"; put the unit symbol back.
-    return re.sub(r"\(Units\.(\w+)\)", lambda m: f"({Units[m.group(1)].value})", text)
+    return re.sub(r"\(Units\.(\w+)\)", lambda m: f"({Units[m.group(1)].value})", str(statistics))
 
 
 def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

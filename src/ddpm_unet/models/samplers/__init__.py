@@ -2,6 +2,8 @@
 
 from ddpm_unet.models.samplers.base import (
     Chain,
+    ImageGenerators,
+    Noise,
     Sampler,
     build_sampler,
     sampler_or_default,
@@ -16,6 +18,8 @@ __all__ = [
     "DDPM",
     "Chain",
     "DPMSolver",
+    "ImageGenerators",
+    "Noise",
     "Sampler",
     "build_sampler",
     "sampler_or_default",

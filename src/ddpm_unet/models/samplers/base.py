@@ -6,13 +6,19 @@ so every sampler works for `eps`, `x0` and `v` models. Its coefficients are floa
 numbers (from `diffusion.alpha_bar_at`), cast once when they meet the float32 images.
 
 Adding a sampler is one file here and one config: subclass `Sampler`, set `name`, implement
-`timesteps` and `step` (keep what a multistep method needs between steps in `chain.memory`).
+`timesteps` and `step` (keep what a multistep method needs between steps in `chain.memory`), and
+draw any noise with `chain.noise_like(x)`.
+
+Noise comes from one generator for the whole batch, or from one generator per image
+(`ImageGenerators`): then image `i`'s starting noise and every draw of its steps come from its
+own generator, on the CPU, so they do not depend on which other images share its batch, nor on
+the device (`ddpm_unet.generation` seeds them from `(seed, index)`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
@@ -26,6 +32,40 @@ from ddpm_unet.utils.errors import UserError
 Spacing = Literal["linspace", "leading", "trailing"]
 SPACINGS = ("linspace", "leading", "trailing")
 Progress = bool | Callable[[Iterable[int]], Iterable[int]]
+
+
+class ImageGenerators(tuple[torch.Generator, ...]):
+    """One CPU `torch.Generator` per image of a batch: `randn` draws each image's noise from its
+    own generator (on the CPU, then moved), so image `j`'s draws do not depend on the batch it
+    is in nor on the device."""
+
+    def __new__(cls, generators: Sequence[torch.Generator]) -> ImageGenerators:
+        for generator in generators:
+            if generator.device.type != "cpu":
+                raise ValueError(
+                    f"per-image generators must be CPU generators (got one on {generator.device})"
+                )
+        return super().__new__(cls, generators)
+
+    def randn(self, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+        """`[len(self), *shape[1:]]` standard normal noise, row `j` from generator `j`, on
+        `device`. `shape[0]` must be the number of generators."""
+        if shape[0] != len(self):
+            raise ValueError(f"{len(self)} generators for a batch of {shape[0]} images")
+        rows = [torch.randn(tuple(shape[1:]), generator=g) for g in self]
+        return torch.stack(rows).to(device)
+
+
+Noise = torch.Generator | ImageGenerators | None
+"""Where a chain's noise comes from: one generator (on the model's device) for the whole batch,
+one CPU generator per image, or None (torch's global generator)."""
+
+
+def draw_noise(shape: tuple[int, ...], device: torch.device, generator: Noise) -> torch.Tensor:
+    """Standard normal noise of `shape` on `device` from `generator` (see `Noise`)."""
+    if isinstance(generator, ImageGenerators):
+        return generator.randn(shape, device)
+    return torch.randn(shape, device=device, generator=generator)
 
 
 def check_steps(steps: Any) -> None:
@@ -74,11 +114,11 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[i
 @dataclass
 class Chain:
     """One run of a sampler: the process, the steps it visits (`[t_0 > t_1 > ...]`), the noise
-    generator, and `memory` for what a multistep method keeps between steps."""
+    generator(s) (`Noise`), and `memory` for what a multistep method keeps between steps."""
 
     diffusion: GaussianDiffusion
     timesteps: list[int]
-    generator: torch.Generator | None = None
+    generator: Noise = None
     memory: dict[str, Any] = field(default_factory=dict)
 
     def t(self, i: int) -> int:
@@ -90,8 +130,9 @@ class Chain:
         return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like `x`, drawn from the chain's generator."""
-        return torch.randn(x.shape, device=x.device, generator=self.generator)
+        """Standard normal noise shaped like `x` (`[N, C, H, W]`), drawn from the chain's
+        generator (per image with `ImageGenerators`)."""
+        return draw_noise(tuple(x.shape), x.device, self.generator)
 
 
 class Sampler(ABC):
@@ -124,14 +165,15 @@ class Sampler(ABC):
         model: nn.Module,
         diffusion: GaussianDiffusion,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: Noise = None,
         progress: Progress = False,
         x_T: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate `[N, C, H, W]` images in [-1, 1] from pure noise `x_T` of `shape`.
 
-        * `generator`: a `torch.Generator` on the model's device, for reproducible samples
-          (it draws `x_T`, then any noise the steps add);
+        * `generator`: a `torch.Generator` on the model's device, or `ImageGenerators` (one CPU
+          generator per image), for reproducible samples (it draws `x_T`, then any noise the
+          steps add);
         * `progress`: True for a tqdm bar, or a callable wrapping the iterable of step indices;
         * `x_T`: start from this noise instead of drawing it.
 
@@ -140,14 +182,14 @@ class Sampler(ABC):
         """
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
-        if generator is not None and generator.device != device:
+        if isinstance(generator, torch.Generator) and generator.device != device:
             raise UserError(
                 f"generator is on {generator.device} but the model is on {device}: create it "
                 f"with torch.Generator(device={str(device)!r})."
             )
         chain = Chain(diffusion, self.timesteps(diffusion.num_timesteps), generator)
         x = (
-            torch.randn(shape, device=device, generator=generator)
+            draw_noise(tuple(shape), device, generator)
             if x_T is None
             else x_T.to(device=device, dtype=torch.float32)
         )
