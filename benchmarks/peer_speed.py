@@ -6,9 +6,10 @@ The peers, each built as its own README builds it, to our layouts:
 * lucidrains' `Unet` (denoising-diffusion-pytorch), `dim`/`dim_mults`, `full_attn` at the levels
   where ours has attention (its other levels use its linear attention: that is its design, kept).
 
-Layouts: `unet_small` (the default digits model: 32 channels, x1/x2/x2, attention at 4x4 px, 8x8
-grey images) and `ddpm_cifar10` (the DDPM paper's CIFAR-10 network: 128 channels, x1/x2/x2/x2,
-attention at 16x16 px, 32x32 RGB images).
+Layouts: `unet_small` (the digits model: 32 channels, x1/x2/x2, attention at 4x4 px, 8x8 grey
+images; with two residual blocks per level, as lucidrains' `Unet` always has, where the default
+unet_small config now has one) and `ddpm_cifar10` (the DDPM paper's CIFAR-10 network: 128
+channels, x1/x2/x2/x2, attention at 16x16 px, 32x32 RGB images).
 
 A training step is eps-prediction MSE forward + backward + AdamW step on random images and
 timesteps; a sampling step is one network call under `torch.inference_mode` (what every sampler

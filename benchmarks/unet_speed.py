@@ -80,7 +80,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "batch_size": {"cpu": 4, "cuda": 128},
     },
     # The small model used for quick experiments (grayscale 8x8).
+    # configs/model/unet_small.yaml: the default digits network (one block per level).
     "unet_small": {
+        "model": dict(
+            image_channels=1,
+            n_channels=32,
+            ch_mults=(1, 2, 2),
+            is_attn=(False, True, False),
+            n_blocks=1,
+        ),
+        "image_size": 8,
+        "batch_size": {"cpu": 64, "cuda": 512},
+    },
+    # unet_small before the time-to-quality change: DDPM's two blocks per level.
+    "unet_small_2blocks": {
         "model": dict(
             image_channels=1,
             n_channels=32,

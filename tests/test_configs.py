@@ -118,7 +118,16 @@ def test_the_experiment_states_only_what_the_model_config_does_not() -> None:
 def test_unet_small_overrides_the_ddpm_base_for_digits() -> None:
     cfg = compose_train([]).model
     assert (cfg.diffusion.schedule, cfg.diffusion.schedule_kwargs) == ("cosine", None)
-    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (2e-3, 100)
-    assert (cfg.ema_decay, cfg.ema_warmup, cfg.net.dropout) == (0.995, True, 0.0)
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps, cfg.scheduler.decay) == (
+        3e-3,
+        100,
+        "cosine",
+    )
+    assert (cfg.ema_decay, cfg.ema_warmup, cfg.net.dropout, cfg.net.n_blocks) == (
+        0.99,
+        True,
+        0.0,
+        1,
+    )
     assert cfg.net._target_ == "ddpm_unet.models.unet.UNet"
     assert cfg.optimizer._partial_ and cfg.scheduler._partial_

@@ -115,6 +115,7 @@ def test_lit_module_warmup_and_ema_are_configured(tmp_path: Path) -> None:
     cfg = compose_train(TINY_OVERRIDES, tmp_path)
     with open_dict(cfg):
         cfg.model.scheduler.warmup_steps = 4
+        cfg.model.scheduler.decay = "none"  # DDPM's constant rate after the warm-up
     model = instantiate(cfg.model)
     # What configure_optimizers does once a trainer knows the run length.
     opt = model.optimizer_factory(model.net.parameters())

@@ -52,10 +52,17 @@ from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weig
 from ddpm_unet.metrics.reference_stats import select_indices
 from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import AT_LEAST_TWO, POSITIVE_INT, Rule, check_arguments
 
 log = logging.getLogger(__name__)
 
 FEATURE_DIMS = (64, 192, 768, 2048)
+FID_RULES = (
+    Rule("every_n_epochs", POSITIVE_INT, "50"),
+    Rule("num_samples", AT_LEAST_TWO, "1000"),  # a covariance needs two images
+    Rule("batch_size", POSITIVE_INT, "250"),
+)
+"""`FIDCallback`'s single-valued arguments (under `callbacks.fid.` in the config)."""
 
 
 class PrecomputedFeatures(nn.Module):
@@ -115,10 +122,8 @@ class FIDCallback(L.Callback):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if every_n_epochs < 1:
-            raise UserError(f"callbacks.fid.every_n_epochs={every_n_epochs} must be >= 1.")
-        if num_samples < 2:
-            raise UserError(f"callbacks.fid.num_samples={num_samples} must be >= 2 for FID.")
+        # Named as their `callbacks.fid.` config keys; the early config check runs them too.
+        check_arguments(locals(), FID_RULES, prefix="callbacks.fid.")
         if feature not in FEATURE_DIMS:
             raise UserError(f"callbacks.fid.feature={feature} must be one of {FEATURE_DIMS}.")
         if real_split not in ("train", "val"):

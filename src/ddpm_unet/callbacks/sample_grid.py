@@ -10,10 +10,16 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
-from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
+from ddpm_unet.utils.rules import POSITIVE_INT, Rule, check_arguments
 
-__all__ = ["SampleGrid", "images_to_grid", "log_grid"]
+__all__ = ["SAMPLE_GRID_RULES", "SampleGrid", "images_to_grid", "log_grid"]
+
+SAMPLE_GRID_RULES = (
+    Rule("every_n_epochs", POSITIVE_INT, "10"),
+    Rule("num_samples", POSITIVE_INT, "64"),
+)
+"""`SampleGrid`'s single-valued arguments (under `callbacks.sample_grid.` in the config)."""
 
 
 class SampleGrid(L.Callback):
@@ -38,8 +44,8 @@ class SampleGrid(L.Callback):
         at_train_end: bool = True,
     ) -> None:
         super().__init__()
-        if every_n_epochs < 1:
-            raise UserError(f"every_n_epochs={every_n_epochs} must be >= 1.")
+        # Named as their `callbacks.sample_grid.` config keys; the early config check runs them.
+        check_arguments(locals(), SAMPLE_GRID_RULES, prefix="callbacks.sample_grid.")
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples

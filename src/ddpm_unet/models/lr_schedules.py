@@ -13,6 +13,7 @@ it with the optimiser and the run's length in optimiser steps (Lightning's
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -20,6 +21,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from ddpm_unet.utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 Decay = Literal["none", "cosine"]
 DECAYS: tuple[str, ...] = ("none", "cosine")
@@ -87,9 +90,13 @@ def warmup_cosine(
             "trainer.max_epochs, or use model.scheduler.decay=none."
         )
     if total_steps <= warmup_steps:
-        raise UserError(
-            f"model.scheduler.decay=cosine decays after the warm-up, but the run has only "
-            f"{total_steps} optimiser steps and model.scheduler.warmup_steps={warmup_steps}: "
-            "lower the warm-up or train longer."
+        # A debug run (debug=fdr, debug=limit) of the default recipe: it ends inside the warm-up,
+        # so there is nothing to decay; say so rather than refuse the run.
+        log.warning(
+            "model.scheduler.decay=cosine: the run has only %d optimiser steps, within "
+            "model.scheduler.warmup_steps=%d, so the learning rate only warms up.",
+            total_steps,
+            warmup_steps,
         )
+        return LambdaLR(optimizer, LRFactor(warmup_steps))
     return LambdaLR(optimizer, LRFactor(warmup_steps, int(total_steps), min_lr_ratio))

@@ -108,11 +108,6 @@ TRAIN_RULES: tuple[Rule | Choice, ...] = (
     Rule("trainer.accumulate_grad_batches", POSITIVE_INT, "1"),
     Rule("trainer.gradient_clip_val", NON_NEGATIVE, "1.0", null_means="no clipping"),
     Rule("trainer.num_nodes", POSITIVE_INT, "1"),
-    Rule("callbacks.sample_grid.every_n_epochs", POSITIVE_INT, "10"),
-    Rule("callbacks.sample_grid.num_samples", POSITIVE_INT, "64"),
-    Rule("callbacks.fid.every_n_epochs", POSITIVE_INT, "50"),
-    Rule("callbacks.fid.num_samples", AT_LEAST_TWO, "1000"),
-    Rule("callbacks.fid.batch_size", POSITIVE_INT, "250"),
 )
 
 
@@ -252,7 +247,8 @@ def check_schedule_config(cfg: DictConfig) -> None:
         return
     max_steps = cfg.trainer.get("max_steps", -1)
     max_epochs = cfg.trainer.get("max_epochs")
-    if (max_steps is None or max_steps < 0) and (max_epochs is None or max_epochs < 0):
+    # max_epochs=null with no max_steps is Lightning's default of 1000 epochs: a known length.
+    if (max_steps is None or max_steps < 0) and max_epochs is not None and max_epochs < 0:
         raise ConfigError(
             f"model.scheduler.decay=cosine needs a known run length, but trainer.max_steps="
             f"{max_steps} and trainer.max_epochs={max_epochs}: set one of them, or use "
@@ -296,10 +292,27 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_generation_config(cfg)
 
 
+def check_callback_config(cfg: DictConfig) -> None:
+    """The grid and FID callbacks' own rules, on their config blocks (when they are ours)."""
+    from ddpm_unet.callbacks.fid import FID_RULES
+    from ddpm_unet.callbacks.sample_grid import SAMPLE_GRID_RULES
+
+    callbacks = cfg.get("callbacks") or {}
+    for key, name, rules in (
+        ("sample_grid", "SampleGrid", SAMPLE_GRID_RULES),
+        ("fid", "FIDCallback", FID_RULES),
+    ):
+        target = str(callbacks[key].get("_target_")) if callbacks.get(key) else ""
+        # ours under either import path (ddpm_unet.callbacks.X or ddpm_unet.callbacks.module.X)
+        if target.startswith("ddpm_unet.callbacks.") and target.endswith(f".{name}"):
+            check_values(cfg, rules, prefix=f"callbacks.{key}.")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Every check that needs only the config; raises `ConfigError`."""
     check_resolvable(cfg)
     check_values(cfg, TRAIN_RULES)
+    check_callback_config(cfg)
     check_accelerator(cfg)
     check_model_config(cfg)
     check_trainer_config(cfg)
