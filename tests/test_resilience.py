@@ -173,14 +173,19 @@ def test_non_finite_loss_stops_at_once_and_no_nan_checkpoint_is_saved(
     )
 
 
-def test_user_error_inside_fit_writes_no_interrupted_checkpoint(tmp_path: Path) -> None:
+def test_user_error_inside_fit_writes_no_interrupted_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Raised in configure_optimizers, inside trainer.fit (Lightning's OnExceptionCheckpoint
-    # saved an untrained model there).
-    cfg = compose_train(
-        [*RUN, "model.scheduler.decay=cosine", "model.scheduler.warmup_steps=50"], tmp_path
-    )
+    # saved an untrained model there), as a learning-rate schedule's check of the run would.
+    from ddpm_unet.models.lit_diffusion import LitDiffusion
+
+    def refuse(self: LitDiffusion) -> None:
+        raise UserError("model.scheduler.warmup_steps=50 cannot be used here")
+
+    monkeypatch.setattr(LitDiffusion, "configure_optimizers", refuse)
     with pytest.raises(UserError, match="warmup_steps=50"):
-        run(cfg)
+        run(compose_train(RUN, tmp_path))
     assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
 
 
