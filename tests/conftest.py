@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,4 +132,15 @@ def run_train_cli(args: list[str], log_dir: Path, timeout: int = 420):
         text=True,
         timeout=timeout,
         env=env,
+    )
+
+
+def run_report(folder: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m ddpm_unet.report <folder>` as a user runs it (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ddpm_unet.report", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )

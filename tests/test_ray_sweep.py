@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +26,9 @@ from hydra_plugins.ddpm_unet_launchers.ray_launcher import init_options, job_rem
 from tests.conftest import (
     CLI_TINY,
     CONFIG_DIR,
-    ROOT,
     TINY_MODEL,
     compose_train,
+    run_report,
     run_train_cli,
 )
 from tests.wandb_records import read_records, run_info
@@ -156,13 +154,7 @@ def test_ray_runs_jobs_side_by_side_records_a_dead_worker_and_reports(tmp_path: 
     runs = [run_info(read_records(f)) for f in sweep.glob("*/wandb/offline-run-*/run-*.wandb")]
     assert len(runs) == 2 and {r.run_group for r in runs} == {f"train-{sweep.name}"}
 
-    report = subprocess.run(
-        [sys.executable, "-m", "ddpm_unet.report", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    report = run_report(sweep)
     assert report.returncode == 0, report.stderr
     assert "ranked by val/loss_ema" in report.stdout
     table = pd.read_csv(sweep / "report.csv")

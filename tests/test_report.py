@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import yaml
 from PIL import Image
 
 from ddpm_unet.report import axis_limits, make_figure, short_error, write_report
-from tests.conftest import ROOT
+from tests.conftest import run_report
 
 ERROR = (
     "UserError: model.net.n_groups=5 does not divide n_channels=16: pick a divisor "
@@ -123,13 +121,7 @@ def test_a_job_without_status_json_is_unfinished(sweep: Path) -> None:
 
 
 def test_command_prints_the_table(sweep: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ddpm_unet.report", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_report(sweep)
     assert result.returncode == 0, result.stderr
     assert "| - | 2 | - | model.net.n_groups=5 | **failed** |" in result.stdout
     assert "job 2 (failed): UserError: model.net.n_groups=5" in result.stdout
@@ -137,13 +129,7 @@ def test_command_prints_the_table(sweep: Path) -> None:
 
 
 def test_a_folder_without_jobs_is_an_error_naming_it(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ddpm_unet.report", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_report(tmp_path)
     assert result.returncode != 0
     assert f"no job folders (with .hydra/) under {tmp_path}" in result.stderr
 

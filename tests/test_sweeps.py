@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ddpm_unet.utils.resolvers import attention_flags
-from tests.conftest import CLI_TINY, ROOT, compose_train, run_train_cli
+from tests.conftest import CLI_TINY, compose_train, run_report, run_train_cli
 from tests.wandb_records import read_records, run_info
 
 pytestmark = pytest.mark.slow
@@ -50,13 +48,7 @@ def test_arch_grid_2x2_with_wandb_groups_and_report(tmp_path: Path) -> None:
     assert {r.run_group for r in runs} == {f"train-{sweep.name}"}
     assert any("attn_placement=lowest" in r.display_name for r in runs)
 
-    report = subprocess.run(
-        [sys.executable, "-m", "ddpm_unet.report", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    report = run_report(sweep)
     assert report.returncode == 0, report.stderr
     table = pd.read_csv(sweep / "report.csv")
     assert len(table) == 4 and set(table.status) == {"completed"}
@@ -112,13 +104,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_joblib(tmp_path: Path
     assert statuses["0"]["status"] == "completed"
     assert statuses["1"]["status"] == "failed"
     assert "n_groups=5" in statuses["1"]["error"]
-    frame = subprocess.run(
-        [sys.executable, "-m", "ddpm_unet.report", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    frame = run_report(sweep)
     assert "job 1 (failed)" in frame.stdout
     # the failed job's row is marked, its values empty (not 0), its error shortened
     assert "| - | 1 | - | model.net.n_groups=5 | **failed** | - |" in frame.stdout
