@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ddpm_unet.metrics import INCEPTION_WEIGHTS_FILENAME, make_random_inception_weights
+from ddpm_unet.metrics.inception import INCEPTION_WEIGHTS_FILENAME, make_random_inception_weights
 
 
 def random_weights_file(factory: pytest.TempPathFactory) -> Path:
@@ -35,5 +35,5 @@ class RGBUInt8(Dataset):
 
 
 def uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8, independently of `ddpm_unet.metrics.to_uint8`."""
+    """[-1, 1] floats -> uint8, independently of `ddpm_unet.metrics.fidelity.to_uint8`."""
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

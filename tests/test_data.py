@@ -29,18 +29,19 @@ from PIL import Image
 from torch.utils.data import SequentialSampler
 from torchvision import datasets as tv_datasets
 
-from ddpm_unet.data import (
-    CorruptImagesError,
-    DatasetDownloadError,
-    DatasetNotFoundError,
+from ddpm_unet.data.datamodule import (
     ImageDataModule,
-    ImageDataset,
-    ImageFolderDataset,
-    PrecomputedImages,
-    build_transform,
+    ResumableRandomSampler,
     per_device_batch_size,
 )
-from ddpm_unet.data.datamodule import ResumableRandomSampler
+from ddpm_unet.data.datasets import (
+    DatasetDownloadError,
+    DatasetNotFoundError,
+    ImageDataset,
+    PrecomputedImages,
+    build_transform,
+)
+from ddpm_unet.data.folder import CorruptImagesError, ImageFolderDataset
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
 
@@ -289,7 +290,7 @@ def test_seeded_split_is_deterministic_disjoint_and_seed_dependent() -> None:
 def test_flip_only_on_train_and_never_on_reference_images() -> None:
     dm = ImageDataModule("digits", image_size=8, image_channels=1, random_flip=True)
     dm.setup()
-    source = dm.train_dataset.source.images  # [1797, 1, 8, 8] in [0, 1]
+    source = dm.train_dataset.source.tensors[0]  # [1797, 1, 8, 8] in [0, 1]
     index = dm.train_dataset.indices[0]
     original = source[index] * 2 - 1
     flipped = original.flip(-1)
@@ -741,7 +742,7 @@ def test_config_instantiates_with_every_value_commented(tmp_path: Path, name: st
         cfg.data.root = str(tmp_path)
     dm = hydra.utils.instantiate(cfg.data)
     assert isinstance(dm, ImageDataModule)
-    assert os.path.abspath(dm.root) == str(tmp_path)
+    assert os.path.abspath(dm.hparams.root) == str(tmp_path)
     expected = {
         "digits": (8, 1, False, 0.1),
         "mnist": (32, 1, False, None),
@@ -750,9 +751,10 @@ def test_config_instantiates_with_every_value_commented(tmp_path: Path, name: st
         "celeba": (64, 3, True, None),
         "folder": (64, 3, True, None),
     }[name]
-    assert (dm.image_size, dm.image_channels, dm.random_flip) == expected[:3]
+    hp = dm.hparams
+    assert (hp.image_size, hp.image_channels, hp.random_flip) == expected[:3]
     if expected[3] is not None:
-        assert dm.val_fraction == expected[3]
+        assert hp.val_fraction == expected[3]
 
 
 def test_digits_config_trains_offline(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_unet.models import schedules
-from ddpm_unet.models.diffusion import GaussianDiffusion, legacy_diffusion_kwargs
+from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.models.samplers import DDIM, DDPM, Chain
 from ddpm_unet.models.schedules import make_betas, register_schedule
 from ddpm_unet.utils.errors import UserError
@@ -120,15 +120,6 @@ def test_adding_a_schedule_is_one_function() -> None:
         assert diffusion.alpha_bar[-1].item() == pytest.approx(0.9**10)
     finally:
         del schedules.SCHEDULES["constant"]
-
-
-def test_checkpoints_from_before_schedule_kwargs_still_build() -> None:
-    old_cosine = {"schedule": "cosine", "beta_start": 1e-4, "beta_end": 0.02, "variance": "beta"}
-    assert legacy_diffusion_kwargs(old_cosine) == {"schedule": "cosine", "variance": "beta"}
-    old_linear = {"schedule": "linear", "beta_start": 2e-4, "beta_end": 0.01}
-    new = legacy_diffusion_kwargs(old_linear)
-    assert new == {"schedule": "linear", "schedule_kwargs": {"beta_start": 2e-4, "beta_end": 0.01}}
-    assert GaussianDiffusion(100, **new).betas64[0].item() == pytest.approx(2e-4)
 
 
 # ------------------------------------------------------------------------ forward process, loss

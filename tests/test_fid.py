@@ -24,16 +24,15 @@ from omegaconf import DictConfig
 
 from ddpm_unet.callbacks.fid import FIDCallback
 from ddpm_unet.data import ImageDataModule
-from ddpm_unet.metrics import (
+from ddpm_unet.metrics.fidelity import UInt8Images, fidelity_metrics
+from ddpm_unet.metrics.inception import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILENAME,
     InceptionWeightsError,
     InceptionWeightsNotFoundError,
-    UInt8Images,
-    fidelity_metrics,
     resolve_inception_weights,
-    select_indices,
 )
+from ddpm_unet.metrics.reference_stats import select_indices
 from ddpm_unet.models.samplers import DDIM
 from ddpm_unet.sample import load_model
 from ddpm_unet.train import fit, run_config_of

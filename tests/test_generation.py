@@ -22,15 +22,9 @@ import pytest
 import torch
 
 from ddpm_unet import evaluate, sample
-from ddpm_unet.generation import (
-    FixedBatch,
-    ShardStore,
-    generate_images,
-    image_generators,
-    image_seed,
-    write_npz,
-)
-from ddpm_unet.metrics import INCEPTION_WEIGHTS_ENV
+from ddpm_unet.generation.core import FixedBatch, generate_images, image_generators, image_seed
+from ddpm_unet.generation.shards import ShardStore, write_npz
+from ddpm_unet.metrics.inception import INCEPTION_WEIGHTS_ENV
 from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.models.samplers import DDIM, DDPM
 from ddpm_unet.models.unet import UNet

@@ -31,7 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_unet.metrics import (
+from ddpm_unet.metrics.inception import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILENAME,
     make_random_inception_weights,

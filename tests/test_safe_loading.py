@@ -27,19 +27,18 @@ from hydra.core.global_hydra import GlobalHydra
 
 from ddpm_unet import evaluate
 from ddpm_unet.callbacks.fid import FIDCallback
-from ddpm_unet.metrics import (
+from ddpm_unet.metrics.fidelity import UInt8Images, fidelity_metrics
+from ddpm_unet.metrics.inception import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILENAME,
     INCEPTION_WEIGHTS_URL,
     InceptionWeightsError,
-    UInt8Images,
     default_weights_path,
-    fidelity_metrics,
+    expected_weight_shapes,
     load_inception_weights,
     resolve_inception_weights,
     verified_weights_copy,
 )
-from ddpm_unet.metrics.inception import expected_weight_shapes
 from ddpm_unet.metrics.reference_stats import read_cache_entry
 from ddpm_unet.sample import load_model
 from ddpm_unet.utils.checkpoint import CheckpointError, CheckpointNotFoundError

@@ -23,13 +23,12 @@ from omegaconf import open_dict
 from PIL import Image
 
 from ddpm_unet import evaluate, sample
-from ddpm_unet.metrics import (
+from ddpm_unet.metrics.inception import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILENAME,
     InceptionWeightsNotFoundError,
-    reference_cache_name,
-    select_indices,
 )
+from ddpm_unet.metrics.reference_stats import reference_cache_name, select_indices
 from tests.conftest import ROOT, compose_config
 from tests.fidelity_helpers import RGBUInt8, random_weights_file, uint8
 

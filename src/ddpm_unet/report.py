@@ -3,20 +3,11 @@
     python -m ddpm_unet.report logs/train/multiruns/<timestamp>
 
 Reads each job folder's `.hydra/overrides.yaml`, `status.json` (written by every job, failed ones
-included), `samples/` (the sample grids) and, when the CSV logger was on,
-`csv/version_*/metrics.csv` for the best values over the whole run. Writes into the multirun
-folder:
-
-- `report.csv`: one row per job, best first;
-- `report.md` and `report.html`: the same table with each job's last sample grid beside its row
-  (linked by relative paths, so the folder can be moved or copied whole), then `report.png`;
-- `report.png`: bar charts of the ranking metric, the other metrics and the throughput.
-
-Jobs are ranked by sample quality, the best `val/fid`, when any job measured it
-(`callbacks=fid`); else by the best `val/loss_ema` (the EMA weights, which the grids and
-checkpoints use), else by the best `val/loss`. The report says which. Jobs that did not complete
-(failed, or no status.json) come last, unranked: **bold** status and their shortened error in the
-Markdown table, red in the plot; their missing values stay empty, never 0.
+included), `samples/` and, when the CSV logger was on, `csv/version_*/metrics.csv` (best values
+over the whole run). Writes one table, best job first, as `report.csv`, `report.md` and
+`report.html` (with each job's last sample grid, linked by a relative path so the folder can be
+moved whole), and `report.png`, bar charts per metric. Jobs that did not complete come last,
+unranked, marked bold and red; values they never reached are empty, never 0.
 """
 
 from __future__ import annotations
@@ -25,6 +16,7 @@ import argparse
 import html
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,42 +26,20 @@ import yaml
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-COLUMNS = [
-    "rank",
-    "job",
-    "overrides",
-    "status",
-    "params",
-    "img_per_s",
-    "best_val_fid",
-    "best_val_loss_ema",
-    "best_val_loss",
-    "global_step",
-    "wall_s",
-    "start",
-    "end",
-    "grid",
-    "error",
-]
-# Ranking metrics, best first: (metric name, report column). Lower is better for all three.
+# Ranking metrics, best first, as (metric name, report column); lower is better for all three.
+# `val/fid` measures sample quality (`callbacks=fid`); `val/loss_ema` the EMA weights, which the
+# grids and checkpoints use.
 RANKING = [
-    ("val/fid", "best_val_fid"),
-    ("val/loss_ema", "best_val_loss_ema"),
-    ("val/loss", "best_val_loss"),
+    (name, "best_" + name.replace("/", "_")) for name in ("val/fid", "val/loss_ema", "val/loss")
 ]
-
-
-def _csv_metrics(job_dir: Path) -> pd.DataFrame | None:
-    files = sorted(job_dir.glob("csv/version_*/metrics.csv"))
-    if not files:
-        return None
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-
-
-def _best(frame: pd.DataFrame | None, column: str, fallback: Any) -> float:
-    if frame is not None and column in frame and frame[column].notna().any():
-        return float(frame[column].min())
-    return float(fallback) if isinstance(fallback, int | float) else math.nan
+# The columns the md/html tables show, in order (the FID column only when measured), and their
+# headings where not the column's name.
+SHOWN = ["rank", "job", "grid", "overrides", "status", "params", "img_per_s"]
+SHOWN += [column for _, column in RANKING] + ["global_step", "wall_s", "error"]
+HEADINGS = {"grid": "samples", "img_per_s": "img/s", "global_step": "steps", "wall_s": "wall s"}
+HEADINGS.update({column: f"best {name}" for name, column in RANKING})
+INTEGERS = ("rank", "params", "global_step")  # shown as 150,241; other numbers as 0.5512
+FAILED_COLOR, COMPLETED_COLOR = "tab:red", "tab:blue"
 
 
 def last_grid(job_dir: Path) -> Path | None:
@@ -88,14 +58,16 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     status_file = job_dir / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     metrics = status.get("metrics", {})
-    frame = _csv_metrics(job_dir)
-    throughput = metrics.get("train/img_per_s", math.nan)
-    if frame is not None and "train/img_per_s" in frame and frame["train/img_per_s"].notna().any():
-        throughput = float(frame["train/img_per_s"].dropna().mean())
-    best = {
-        column: _best(frame, name, metrics.get(f"best/{name}", metrics.get(name, math.nan)))
-        for name, column in RANKING
-    }
+    logs = sorted(job_dir.glob("csv/version_*/metrics.csv"))
+    csv = pd.concat([pd.read_csv(f) for f in logs]) if logs else pd.DataFrame()
+
+    def over_run(name: str, how: str, fallback: Any) -> float:
+        """`how` ("min", "mean") of metric `name` over the CSV log, else `fallback`."""
+        values = csv[name].dropna() if name in csv else []
+        if len(values):
+            return float(values.agg(how))
+        return float(fallback) if isinstance(fallback, int | float) else math.nan
+
     grid = last_grid(job_dir)
     return {
         "rank": math.nan,  # filled in by `rank_jobs`
@@ -104,8 +76,11 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         # no status.json: the job was killed (timeout, pre-emption) or is still running
         "status": status.get("status", "unfinished"),
         "params": metrics.get("params", math.nan),
-        "img_per_s": throughput,
-        **best,
+        "img_per_s": over_run("train/img_per_s", "mean", metrics.get("train/img_per_s")),
+        **{
+            column: over_run(name, "min", metrics.get(f"best/{name}", metrics.get(name)))
+            for name, column in RANKING
+        },
         "global_step": metrics.get("global_step", math.nan),
         "wall_s": status.get("wall_s", math.nan),
         "start": status.get("start", math.nan),
@@ -149,10 +124,9 @@ def collect(multirun_dir: Path) -> pd.DataFrame:
             "as logs/train/multiruns/<timestamp>."
         )
     jobs.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
-    frame = pd.DataFrame([job_row(p) for p in jobs], columns=COLUMNS)
+    frame = pd.DataFrame([job_row(p) for p in jobs])
     # Show what tells the jobs apart; overrides shared by every job go to the report's header.
-    per_job = [set(o.split()) for o in frame.overrides]
-    common = set.intersection(*per_job) if per_job else set()
+    common = set.intersection(*(set(o.split()) for o in frame.overrides))
     frame["overrides"] = [
         " ".join(o for o in row.split() if o not in common) for row in frame.overrides
     ]
@@ -167,43 +141,35 @@ def short_error(error: str, limit: int = 60) -> str:
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
 
 
-def _cell(value: str) -> str:
-    """A Markdown table cell: `|` would end the cell, so it is escaped."""
-    return value.replace("|", "\\|")
-
-
-# Report columns in display order: (column, heading). The FID column only when measured.
-SHOWN = [
-    ("rank", "rank"),
-    ("job", "job"),
-    ("grid", "samples"),
-    ("overrides", "overrides"),
-    ("status", "status"),
-    ("params", "params"),
-    ("img_per_s", "img/s"),
-    ("best_val_fid", "best val/fid"),
-    ("best_val_loss_ema", "best val/loss_ema"),
-    ("best_val_loss", "best val/loss"),
-    ("global_step", "steps"),
-    ("wall_s", "wall s"),
-    ("error", "error"),
-]
-
-
-def _shown(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table as text: numbers formatted, missing values `-`, failed jobs' errors cut."""
-    cols = [(c, h) for c, h in SHOWN if c != "best_val_fid" or frame[c].notna().any()]
-    shown = frame[[c for c, _ in cols]].copy()
-    for col in ("img_per_s", "best_val_fid", "best_val_loss_ema", "best_val_loss", "wall_s"):
-        if col in shown:
-            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")
-    for col in ("rank", "params", "global_step"):
-        shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
-    done = frame.status == "completed"
-    shown["error"] = [
-        "" if ok else short_error(e) or "no status.json" for e, ok in zip(frame.error, done)
-    ]
-    return shown.rename(columns=dict(cols))
+def _table(
+    frame: pd.DataFrame,
+    escape: Callable[[str], str],
+    image: Callable[[str, str], str],
+    bold: Callable[[str], str],
+) -> tuple[list[str], list[list[str]]]:
+    """(headings, rows) of the md/html table, each cell rendered: text through `escape`, the grid
+    through `image(path, job)` (`-` without one), a job that did not complete with its status
+    `bold` and its shortened error, numbers formatted, missing values `-`."""
+    columns = [c for c in SHOWN if c != "best_val_fid" or frame[c].notna().any()]
+    rows = []
+    for row in frame.to_dict("records"):
+        ok = row["status"] == "completed"
+        row["error"] = "" if ok else short_error(row["error"]) or "no status.json"
+        cells = []
+        for col in columns:
+            value = row[col]
+            if col == "grid":
+                cells.append(image(escape(value), escape(row["job"])) if value else "-")
+            elif col == "status" and not ok:
+                cells.append(bold(escape(value)))
+            elif isinstance(value, str):
+                cells.append(escape(value))
+            elif pd.isna(value):
+                cells.append("-")
+            else:
+                cells.append(f"{int(value):,}" if col in INTEGERS else f"{value:.4g}")
+        rows.append(cells)
+    return [escape(HEADINGS.get(c, c)) for c in columns], rows
 
 
 def _summary(frame: pd.DataFrame) -> list[str]:
@@ -226,22 +192,19 @@ def _summary(frame: pd.DataFrame) -> list[str]:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table, best job first, each row with its last sample grid.
-
-    Jobs that did not complete are marked **bold** in `status` with their shortened error in the
-    last column; values they never reached are `-`, not blank and never 0.
-    """
-    shown = _shown(frame)
-    shown["samples"] = [f"![job {j}]({g})" if g else "-" for j, g in zip(frame.job, frame.grid)]
-    done = frame.status == "completed"
-    shown["status"] = [s if ok else f"**{s}**" for s, ok in zip(frame.status, done)]
+    """A GitHub Markdown table, best job first, each row with its last sample grid; then the
+    whole errors of the jobs that did not complete, and `report.png`."""
+    head, rows = _table(
+        frame,
+        lambda text: text.replace("|", "\\|"),  # a `|` would end the cell
+        lambda grid, job: f"![job {job}]({grid})",
+        lambda text: f"**{text}**",
+    )
     lines = ["# Sweep report", ""]
     lines += [line for s in _summary(frame) for line in (s, "")]
-    lines += ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    lines += [
-        "| " + " | ".join(_cell(str(v)) for v in row) + " |" for row in shown.itertuples(False)
-    ]
-    failed = frame[~done]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    failed = frame[frame.status != "completed"]
     if len(failed):
         lines += ["", "Jobs that did not complete:"]
         lines += [
@@ -252,35 +215,24 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _code(text: str) -> str:
-    """Markdown's `code` spans as HTML <code> (the summary lines use them), escaped."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
 def _html(frame: pd.DataFrame, title: str) -> str:
     """A standalone HTML page: the ranked table with each job's grid, then `report.png`."""
-    shown = _shown(frame)
-    done = frame.status == "completed"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns)
-    rows = []
-    for (_, row), grid, ok in zip(shown.iterrows(), frame.grid, done):
-        cells = []
-        for col, value in row.items():
-            if col == "samples":
-                value = (
-                    f'<img src="{html.escape(grid)}" alt="samples of job {html.escape(row.job)}" '
-                    'class="grid">'
-                    if grid
-                    else "-"
-                )
-            elif col == "status" and not ok:
-                value = f"<b>{html.escape(str(value))}</b>"
-            else:
-                value = html.escape(str(value))
-            cells.append(f"<td>{value}</td>")
-        rows.append(f'<tr class="{"" if ok else "failed"}">' + "".join(cells) + "</tr>")
-    summary = "".join(f"<p>{_code(line)}</p>" for line in _summary(frame))
+    head, rows = _table(
+        frame,
+        html.escape,
+        lambda grid, job: f'<img src="{grid}" alt="samples of job {job}" class="grid">',
+        lambda text: f"<b>{text}</b>",
+    )
+    body = "\n".join(
+        f'<tr class="{"" if ok else "failed"}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        for cells, ok in zip(rows, frame.status == "completed")
+    )
+    # The summary's Markdown `code` spans (the odd parts between backticks) as <code>.
+    parts = [html.escape(line).split("`") for line in _summary(frame)]
+    summary = "".join(
+        "<p>" + "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(line)) + "</p>"
+        for line in parts
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -292,8 +244,8 @@ img.grid {{ height: 96px; image-rendering: pixelated; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 {summary}
-<table><thead><tr>{head}</tr></thead><tbody>
-{chr(10).join(rows)}
+<table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead><tbody>
+{body}
 </tbody></table>
 <p><img src="report.png" alt="metrics per job"></p>
 </body></html>
@@ -318,26 +270,15 @@ def axis_limits(values: pd.Series | list[float]) -> tuple[float, float]:
     return start, high + spread / 3
 
 
-FAILED_COLOR, COMPLETED_COLOR = "tab:red", "tab:blue"
-
-
 def make_figure(frame: pd.DataFrame) -> Figure:
-    """Bar charts per job, best job on top: the ranking metric first, then the other measured
-    losses and the throughput.
+    """Bar charts per job, best job on top: the ranking metric, the other measured losses, the
+    throughput; each x-axis scaled to its values (`axis_limits`), each bar labelled. Jobs that
+    did not complete are red: their label, bars, and status (and error, in the first chart)."""
+    # A bare Figure, not pyplot: no GUI backend, nothing global to close afterwards.
+    from matplotlib.figure import Figure
 
-    Each chart's x-axis is scaled to its values (`axis_limits`) and every bar carries its value.
-    Jobs that did not complete are red: their tick label, any bar they have, and, where they
-    have no value, their status (with the shortened error in the first chart).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    first = frame.attrs.get("ranking_column", "best_val_loss")
-    metrics = [
-        (first, f"best {frame.attrs.get('ranking_metric', 'val/loss')} (ranks; lower is better)")
-    ]
+    first = frame.attrs["ranking_column"]
+    metrics = [(first, f"best {frame.attrs['ranking_metric']} (ranks; lower is better)")]
     for name, column in RANKING:
         if column != first and frame[column].notna().any():
             metrics.append((column, f"best {name} (lower is better)"))
@@ -348,10 +289,14 @@ def make_figure(frame: pd.DataFrame) -> Figure:
         f"{r.overrides or '(base)'}"
         for r in frame.itertuples()
     ]
-    rows = list(range(len(frame)))
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(5 * len(metrics), 1.2 + 0.5 * len(frame)), dpi=100
-    )
+    rows = range(len(frame))
+    fig = Figure(figsize=(5 * len(metrics), 1.2 + 0.5 * len(frame)), dpi=100)
+    axes = fig.subplots(1, len(metrics), sharey=True)
+    axes[0].set_ylim(len(frame) - 0.5, -0.5)  # the best job on top
+    axes[0].set_yticks(rows, labels)
+    for tick, ok in zip(axes[0].get_yticklabels(), done):
+        if not ok:
+            tick.set_color(FAILED_COLOR)
     for i, (ax, (col, title)) in enumerate(zip(axes, metrics)):
         start, end = axis_limits(frame[col])
         for row, value, ok, status, error in zip(rows, frame[col], done, frame.status, frame.error):
@@ -360,30 +305,14 @@ def make_figure(frame: pd.DataFrame) -> Figure:
                 # Bars start at the axis' left edge, which is not 0 (see axis_limits).
                 ax.barh(row, value - start, left=start, color=color)
                 ax.text(value, row, f" {value:.4g}", va="center", ha="left", fontsize=8)
-            elif not ok:
-                reason = short_error(error, 40) or "no status.json"
-                note = status if i else f"{status}: {reason}"
-                ax.text(start, row, f" {note}", va="center", ha="left", color=FAILED_COLOR)
             else:
-                ax.text(start, row, " n/a", va="center", ha="left", color="grey")
+                reason = "" if i else f": {short_error(error, 40) or 'no status.json'}"
+                note, color = (" n/a", "grey") if ok else (f" {status}{reason}", color)
+                ax.text(start, row, note, va="center", ha="left", color=color)
         ax.set_xlim(start, end)
-        ax.set_ylim(len(frame) - 0.5, -0.5)  # the best job on top
-        ax.set_yticks(rows, labels if i == 0 else [""] * len(rows))
         ax.set_title(title)
-    for tick, ok in zip(axes[0].get_yticklabels(), done):
-        if not ok:
-            tick.set_color(FAILED_COLOR)
     fig.tight_layout(pad=0.5)
     return fig
-
-
-def plot(frame: pd.DataFrame, path: Path) -> None:
-    """Write `make_figure(frame)` to `path` (PNG)."""
-    import matplotlib.pyplot as plt
-
-    fig = make_figure(frame)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(multirun_dir: str | Path) -> pd.DataFrame:
@@ -394,7 +323,7 @@ def write_report(multirun_dir: str | Path) -> pd.DataFrame:
     frame.to_csv(multirun_dir / "report.csv", index=False)
     (multirun_dir / "report.md").write_text(_markdown(frame))
     (multirun_dir / "report.html").write_text(_html(frame, f"Sweep {multirun_dir.name}"))
-    plot(frame, multirun_dir / "report.png")
+    make_figure(frame).savefig(multirun_dir / "report.png", dpi=100)
     return frame
 
 

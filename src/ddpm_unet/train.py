@@ -1,11 +1,11 @@
-"""Training: compose the objects named by the config and fit (`python train.py` calls `main`)."""
+"""Training: compose the objects named by the config and fit (`python train.py` calls `run`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
+import sys
 import time
 import traceback
 import warnings
@@ -20,13 +20,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ddpm_unet.callbacks import signals
+from ddpm_unet.callbacks.checkpoint_io import atomic_write
 from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
 from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.callbacks.sample_grid import SampleGrid
-from ddpm_unet.utils.config_checks import check_train_config
+from ddpm_unet.utils.config_checks import check_train_config, run_config_of
 from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
 from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from ddpm_unet.utils.launchers import warn_if_jobs_share_devices
@@ -36,57 +37,15 @@ log = logging.getLogger(__name__)
 install_hydra_ddp_launcher()
 
 
-def _in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 @rank_zero_only
 def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
     """`<run>/status.json`: completed or failed, with metrics or the error; read by the report."""
     path = Path(output_dir) / "status.json"
     text = json.dumps(status, indent=2, default=str)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"status.json.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # never a half-written status for the report to choke on
+    try:  # atomic: never a half-written status for the report to choke on
+        atomic_write(path, lambda fh: fh.write(text.encode()))
     except OSError as err:  # a full disk must not hide the error that ended the run
         log.error("could not write %s (%s); the status was: %s", path, err, status.get("status"))
-
-
-def _timing(start: float) -> dict[str, float]:
-    """`wall_s`, and the run's `start`/`end` as Unix times (when sweep jobs ran side by side)."""
-    end = time.time()
-    return {"wall_s": end - start, "start": start, "end": end}
-
-
-@rank_zero_only
-def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer) -> None:
-    """Send the whole resolved config and the parameter counts to every logger."""
-    if not trainer.loggers:
-        return
-    hparams = run_config_of(cfg)
-    hparams["model/params/total"] = sum(p.numel() for p in model.net.parameters())
-    hparams["model/params/trainable"] = sum(
-        p.numel() for p in model.net.parameters() if p.requires_grad
-    )
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hparams)
-
-
-def run_config_of(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config as plain data, without Hydra's own settings.
-
-    Key by key, so that Hydra's section is dropped without being resolved: composed with
-    `return_hydra_config=True` outside a Hydra run, it holds unset values (`hydra.job.num`).
-    """
-    return {
-        key: OmegaConf.to_container(cfg[key], resolve=True)
-        if isinstance(cfg[key], DictConfig | ListConfig)
-        else cfg[key]
-        for key in cfg
-        if key != "hydra"
-    }
 
 
 def fit(cfg: DictConfig) -> dict[str, float]:
@@ -98,7 +57,6 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
 
     model = instantiate(cfg.model, _convert_="object")
-    # Stored in checkpoints so sample.py/eval.py can rebuild data and model from one file.
     model.run_config = run_config_of(cfg)
     datamodule = instantiate(cfg.data, _convert_="object")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -107,7 +65,12 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    log_hyperparameters(cfg, model, trainer)
+    hparams = {**model.run_config, "model/params/total": model.num_parameters}
+    hparams["model/params/trainable"] = sum(
+        p.numel() for p in model.net.parameters() if p.requires_grad
+    )
+    for logger in loggers:  # Lightning's loggers write on rank 0 only
+        logger.log_hyperparams(hparams)
     if trainer.world_size == 1:
         # On one process ResumeState restores the position in an interrupted epoch, so
         # Lightning's warning that the dataloader is not resumable does not apply.
@@ -118,10 +81,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or v}
     metrics["global_step"] = trainer.global_step
     metrics["params"] = model.num_parameters
-    for ckpt_cb in trainer.checkpoint_callbacks:
-        # ModelCheckpoints only (OnExceptionCheckpoint is a checkpoint callback too, unmonitored)
-        if not isinstance(ckpt_cb, ModelCheckpoint):
-            continue
+    for ckpt_cb in _model_checkpoints(trainer):
         if ckpt_cb.monitor and ckpt_cb.best_model_score is not None:
             # best/val/loss, best/val/fid: the number a sweep compares jobs by
             metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
@@ -131,8 +91,9 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _interrupt_callback(trainer: L.Trainer) -> InterruptCheckpoint | None:
-    return next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+def _model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
+    # Not InterruptCheckpoint, which is a checkpoint callback too (unmonitored, no last.ckpt).
+    return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
 
 
 def _fit_or_interrupt(
@@ -141,7 +102,7 @@ def _fit_or_interrupt(
     """`trainer.fit`; a SIGTERM/SIGINT, wherever it landed, becomes `TrainingInterrupted`
     carrying the step reached and the checkpoint holding it (see `ddpm_unet.callbacks.signals`).
     """
-    saver = _interrupt_callback(trainer)
+    saver = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except (signals.TrainingInterrupted, SIGTERMException, KeyboardInterrupt) as err:
@@ -160,32 +121,20 @@ def _fit_or_interrupt(
 def log_run_summary(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
     """One block at the end of the run (train.log and screen): metrics and where the files are."""
     lines = [f"Run summary: {trainer.global_step} steps, {trainer.current_epoch} epochs"]
-    for key in sorted(metrics):
-        value = metrics[key]
+    for key, value in sorted(metrics.items()):
         if not key.startswith("best/") and isinstance(value, float):
             lines.append(f"  {key}: {value:.6g}")
-    for ckpt_cb in trainer.checkpoint_callbacks:
-        if isinstance(ckpt_cb, ModelCheckpoint):
-            if ckpt_cb.monitor and ckpt_cb.best_model_path:
-                score = ckpt_cb.best_model_score
-                score_text = f"{float(score):.6g}" if score is not None else "?"
-                lines.append(f"  best {ckpt_cb.monitor} ({score_text}): {ckpt_cb.best_model_path}")
-            if ckpt_cb.last_model_path:
-                lines.append(f"  last checkpoint: {ckpt_cb.last_model_path}")
+    for ckpt_cb in _model_checkpoints(trainer):
+        if ckpt_cb.monitor and ckpt_cb.best_model_path:
+            score = ckpt_cb.best_model_score
+            score_text = f"{float(score):.6g}" if score is not None else "?"
+            lines.append(f"  best {ckpt_cb.monitor} ({score_text}): {ckpt_cb.best_model_path}")
+        if ckpt_cb.last_model_path:
+            lines.append(f"  last checkpoint: {ckpt_cb.last_model_path}")
     for cb in trainer.callbacks:
         if isinstance(cb, SampleGrid) and cb.last_grid_path is not None:
             lines.append(f"  final samples: {cb.last_grid_path}")
     log.info("\n".join(lines))
-
-
-def _finish_wandb() -> None:
-    """End the W&B run, so the next job of a multirun starts its own (not one run for all)."""
-    try:
-        import wandb
-    except ImportError:  # pragma: no cover - wandb is a dependency
-        return
-    if wandb.run is not None:
-        wandb.finish()
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -198,6 +147,12 @@ def run(cfg: DictConfig) -> float | None:
     """
     output_dir = cfg.paths.output_dir
     start = time.time()
+
+    def record(status: str, **fields: Any) -> None:
+        end = time.time()  # start/end as Unix times: when sweep jobs ran side by side
+        timing = {"wall_s": end - start, "start": start, "end": end}
+        write_status(output_dir, {"status": status, **fields, **timing})
+
     # Before anything is written (status.json included): an earlier run's folder is not reused
     # without ckpt_path.
     check_run_folder(output_dir, cfg.get("ckpt_path"))
@@ -206,16 +161,12 @@ def run(cfg: DictConfig) -> float | None:
         with signals.deferred_signals(), isolated_distributed_job():
             metrics = fit(cfg)
     except signals.TrainingInterrupted as stop:
-        write_status(
-            output_dir,
-            {
-                "status": "interrupted",
-                "signal": signals.signal_name(stop.signum),
-                "step": stop.step,
-                "checkpoint": stop.checkpoint,
-                "resume": f"ckpt_path={stop.checkpoint}" if stop.checkpoint else None,
-                **_timing(start),
-            },
+        record(
+            "interrupted",
+            signal=signals.signal_name(stop.signum),
+            step=stop.step,
+            checkpoint=stop.checkpoint,
+            resume=f"ckpt_path={stop.checkpoint}" if stop.checkpoint else None,
         )
         log.warning(
             "%s: stopped at step %s; %s",
@@ -227,21 +178,15 @@ def run(cfg: DictConfig) -> float | None:
         # `train && eval` then stops, also in a multirun.
         raise SystemExit(128 + stop.signum) from None
     except Exception as err:
-        write_status(
-            output_dir,
-            {
-                "status": "failed",
-                "error": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc(),
-                **_timing(start),
-            },
-        )
-        if not _in_multirun():
+        record("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             raise
         log.error("job failed (recorded in %s/status.json): %s", output_dir, err)
         return None
     finally:
-        _finish_wandb()
-    write_status(output_dir, {"status": "completed", "metrics": metrics, **_timing(start)})
+        wandb = sys.modules.get("wandb")  # not imported: no W&B run to end
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()  # so the next job of a multirun starts its own W&B run
+    record("completed", metrics=metrics)
     value = metrics.get(cfg.get("optimized_metric") or "")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from typing import Any
 
 import lightning as L
@@ -20,13 +19,25 @@ from ddpm_unet.utils.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
-    """Names of parameters and floating buffers of `module` holding NaN or inf (empty: all fine)."""
-    bad = []
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad.append(name)
-    return bad
+def refuse_nonfinite(trainer: L.Trainer, path: str) -> bool:
+    """True (and an error in the log) when a parameter or floating buffer holds NaN/inf, so the
+    checkpoint `path` must not be written."""
+    module = trainer.lightning_module
+    bad = [
+        name
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        log.error(
+            "Not saving %s at step %d: %d tensors hold NaN/inf (e.g. %s); the checkpoints on "
+            "disk keep the last finite state.",
+            path,
+            trainer.global_step,
+            len(bad),
+            bad[0],
+        )
+    return bool(bad)
 
 
 class LastStateCheckpoint(ModelCheckpoint):
@@ -34,80 +45,48 @@ class LastStateCheckpoint(ModelCheckpoint):
 
     Lightning's `save_last=True` only rewrites `last.ckpt` when a top-k checkpoint is saved, so
     after a final validation that did not improve the monitored metric, `last.ckpt` held an older
-    step than the run ended at. Here `last.ckpt` is also written at the end of training. A save
-    is skipped, with an error in the log, when any weight is NaN/inf, so the files on disk keep the
-    last finite state.
+    step than the run ended at: here it is also written at the end of training.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._last_ckpt_step = -1
+    _last_ckpt_step = -1  # the step last.ckpt was last written at
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Refused before Lightning updates its best-k list, which would otherwise delete the
+        # best file on disk in favour of one never written (NaN weights, finite EMA loss).
+        if not refuse_nonfinite(trainer, f"a top-k checkpoint in {self.dirpath}"):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        bad = nonfinite_tensors(trainer.lightning_module)
-        if bad:
-            log.error(
-                "Not saving %s at step %d: %d tensors hold NaN/inf (e.g. %s); the checkpoints on "
-                "disk keep the last finite state.",
-                filepath,
-                trainer.global_step,
-                len(bad),
-                bad[0],
-            )
-            return
-        super()._save_checkpoint(trainer, filepath)
+        if not refuse_nonfinite(trainer, filepath):
+            super()._save_checkpoint(trainer, filepath)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_ckpt_step = trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (
-            not self.save_last
-            or trainer.fast_dev_run
-            or self._last_ckpt_step == trainer.global_step
-        ):
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def _interrupt_signal(exception: BaseException) -> int | None:
-    """The signal behind `exception` if it is an interruption, else None."""
-    if isinstance(exception, signals.TrainingInterrupted):
-        return exception.signum
-    if isinstance(exception, SIGTERMException):
-        return signals.received() or signal.SIGTERM
-    if isinstance(exception, KeyboardInterrupt) and signals.received() is not None:
-        return signals.received()
-    return None
+        stale = self._last_ckpt_step != trainer.global_step
+        if self.save_last and stale and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class InterruptCheckpoint(Checkpoint):
     """Writes `<dirpath>/<filename>.ckpt` when a run is stopped by SIGTERM/SIGINT (whenever it
-    lands; see `ddpm_unet.callbacks.signals`), or crashes after training made progress.
+    lands), or crashes after training made progress; removed after a run that completes.
 
-    Replaces Lightning's `OnExceptionCheckpoint`, whose mere presence makes `trainer.fit(
-    ckpt_path=None)` resume from the newest checkpoint found in the folder ("last"): rerunning in an
-    old run folder silently continued the old run with its weights. Nothing is written for
-    errors before any training step of this process (bad config values, missing data: the file
-    would hold an untrained model), for a diverged run (`TrainingDivergedError`), for non-finite
-    weights, or for a second Ctrl-C (stop at once). Removed after a run that completes.
+    Not Lightning's `OnExceptionCheckpoint`, whose mere presence makes `trainer.fit(
+    ckpt_path=None)` resume from the newest checkpoint in the folder. Nothing is written for
+    errors before any training step of this process (the file would hold an untrained model), a
+    diverged run, non-finite weights, or a second Ctrl-C (stop at once).
     """
-
-    FILE_EXTENSION = ".ckpt"
 
     def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
         super().__init__()
         if not filename:
             raise UserError("InterruptCheckpoint filename='' : give a file name, e.g. interrupted.")
-        self.dirpath = dirpath
-        self.filename = filename
+        self.ckpt_path = os.path.join(dirpath, filename + ".ckpt")
         self._start_step = 0
         self.saved_path: str | None = None
-
-    @property
-    def ckpt_path(self) -> str:
-        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         signals.attach_trainer(trainer)
@@ -120,7 +99,6 @@ class InterruptCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
-        signals.forward_to_trainer()  # fit reset trainer.received_sigterm when it began
         signals.raise_if_received(trainer.global_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -130,8 +108,10 @@ class InterruptCheckpoint(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        signum = _interrupt_signal(exception)
-        if signum is None:
+        interrupted = isinstance(exception, signals.TrainingInterrupted | SIGTERMException) or (
+            isinstance(exception, KeyboardInterrupt) and signals.received() is not None
+        )
+        if not interrupted:
             if isinstance(exception, KeyboardInterrupt | TrainingDivergedError):
                 return  # a forced stop, or weights that must not be resumed
             if trainer.global_step <= self._start_step:
@@ -140,9 +120,7 @@ class InterruptCheckpoint(Checkpoint):
 
     def save(self, trainer: L.Trainer) -> str | None:
         """Write the checkpoint now (also after `fit` returned); its path, or None if refused."""
-        bad = nonfinite_tensors(trainer.lightning_module)
-        if bad:
-            log.error("Not writing %s: %d tensors hold NaN/inf.", self.ckpt_path, len(bad))
+        if refuse_nonfinite(trainer, self.ckpt_path):
             return None
         try:
             trainer.save_checkpoint(self.ckpt_path)

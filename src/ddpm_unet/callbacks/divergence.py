@@ -9,9 +9,8 @@ from ddpm_unet.utils.errors import UserError
 
 
 class TrainingDivergedError(UserError):
-    """The training loss became NaN/inf. A `UserError`: the fix is a setting
-    (learning rate, clipping, precision), and the command line shows the message, not a
-    traceback."""
+    """The training loss became NaN/inf. A `UserError`: the fix is a setting (learning rate,
+    clipping, precision), and the command line shows the message, not a traceback."""
 
 
 class NonFiniteLossGuard(L.Callback):
@@ -27,9 +26,7 @@ class NonFiniteLossGuard(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
         bad = not bool(torch.isfinite(loss.detach()).all())
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         raise TrainingDivergedError(
@@ -37,6 +34,7 @@ class NonFiniteLossGuard(L.Callback):
             f"{trainer.current_epoch}): training diverged and was stopped before the weights "
             f"changed. Try a lower learning rate (model.optimizer.lr={lr:g} now), gradient "
             f"clipping (trainer.gradient_clip_val=1.0, now {trainer.gradient_clip_val}), a longer "
-            f"warm-up (model.warmup_steps), or full precision (trainer.precision=32-true, now "
-            f"{trainer.precision}). The checkpoints in the run folder hold finite weights only."
+            f"warm-up (model.scheduler.warmup_steps), or full precision "
+            f"(trainer.precision=32-true, now {trainer.precision}). The checkpoints in the run "
+            "folder hold finite weights only."
         )

@@ -24,17 +24,16 @@ class _SummaryWithout(Summary):
     def named_modules(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in super().named_modules if self._kept(n)]
 
+    def _parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self._model.named_parameters() if self._kept(n)]
+
     @property
     def total_parameters(self) -> int:
-        return sum(p.numel() for n, p in self._model.named_parameters() if self._kept(n))
+        return sum(p.numel() for p in self._parameters())
 
     @property
     def trainable_parameters(self) -> int:
-        return sum(
-            p.numel()
-            for n, p in self._model.named_parameters()
-            if self._kept(n) and p.requires_grad
-        )
+        return sum(p.numel() for p in self._parameters() if p.requires_grad)
 
 
 class NetworkSummary(ModelSummary):

@@ -1,14 +1,6 @@
-"""What Lightning does not put in a checkpoint but an exact resume needs: the random number
-generators and the position in the epoch's data order.
-
-Lightning restores weights, optimiser, scheduler and loop counters, but after a resume the
-diffusion noise, the time steps, dropout and the shuffle order came from fresh RNG states, so a
-resumed run drifted from an uninterrupted one (max abs weight difference 0.044 in the issue).
-`ResumeState` stores the torch (CPU and CUDA), numpy and Python RNG states and the data position
-(epoch, batches done in it) in `checkpoint["resume_state"]`; on resume it restores the RNG
-states when training starts, and tells the datamodule where the interrupted epoch stood
-(`ImageDataModule.resume_at`), so the remaining batches come in the same order.
-"""
+"""What an exact resume needs and Lightning does not put in a checkpoint: the RNG states and the
+position in the epoch's data order (without them the diffusion noise, the time steps, dropout
+and the shuffle order of a resumed run came from fresh RNG states, and it drifted)."""
 
 from __future__ import annotations
 
@@ -48,7 +40,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Save and restore RNG states and the data position (see the module docstring).
+    """Stores the RNG states and the data position (epoch, batches done) in the checkpoint; on
+    resume restores the RNG states when training starts and tells the datamodule where the epoch
+    stood (`ImageDataModule.resume_at`), so the remaining batches come in the same order.
 
     Exact on one process (CPU or one GPU) when nothing draws from the global RNGs outside the
     training step: true for the default data (no random flips). Not reproduced: random flips of
@@ -63,11 +57,10 @@ class ResumeState(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        epoch_loop = trainer.fit_loop.epoch_loop
         checkpoint[KEY] = {
             "rng": rng_states(),
             "epoch": trainer.current_epoch,
-            "batches_done": epoch_loop.batch_progress.current.completed,
+            "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.completed,
             "batches_per_epoch": trainer.num_training_batches,
             "sampler_seed": getattr(trainer.datamodule, "sampler_seed", None),
         }

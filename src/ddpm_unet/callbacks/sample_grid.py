@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,23 +14,20 @@ from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
 from ddpm_unet.utils.rules import POSITIVE_INT, Rule, check_arguments
 
-__all__ = ["SAMPLE_GRID_RULES", "SampleGrid", "images_to_grid", "log_grid"]
-
+# `SampleGrid`'s single-valued arguments (under `callbacks.sample_grid.` in the config).
 SAMPLE_GRID_RULES = (
     Rule("every_n_epochs", POSITIVE_INT, "10"),
     Rule("num_samples", POSITIVE_INT, "64"),
 )
-"""`SampleGrid`'s single-valued arguments (under `callbacks.sample_grid.` in the config)."""
 
 
 class SampleGrid(L.Callback):
     """Every `every_n_epochs` epochs (and after the last one), sample `num_samples` images.
 
-    `sampler`: a `ddpm_unet.models.samplers.Sampler` (built by Hydra from the config's nested
-    `sampler:` block; DDIM with 100 steps when None). The grid goes to
-    `<output_dir>/epoch_<e>_step_<s>.png` (and `final.png` at the end) and, as an
-    image, to every attached logger that takes images (W&B, TensorBoard). Only rank zero samples;
-    sampling runs no collective operation, so the other ranks are not blocked by it.
+    `sampler`: a `Sampler` (built by Hydra from the nested `sampler:` block; DDIM with 100 steps
+    when None). The grid goes to `<output_dir>/epoch_<e>_step_<s>.png` (`final.png` at the end)
+    and to every logger that takes images (W&B, TensorBoard). Only rank zero samples; sampling
+    runs no collective operation, so the other ranks are not blocked by it.
     """
 
     def __init__(
@@ -70,10 +68,10 @@ class SampleGrid(L.Callback):
     def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         if name == "final" and self._last_sampled_step == trainer.global_step:
             # The last epoch was just sampled: reuse its grid rather than sample again.
-            if self.last_grid_path is not None:
-                final = self.output_dir / "final.png"
-                final.write_bytes(self.last_grid_path.read_bytes())
-                self.last_grid_path = final
+            assert self.last_grid_path is not None
+            self.last_grid_path = shutil.copyfile(
+                self.last_grid_path, self.output_dir / "final.png"
+            )
             return
         images = pl_module.sample_images(self.num_samples, self.sampler, seed=self.seed)
         # One conversion to 8-bit pixels: the PNG and every logger show the same values.
@@ -87,12 +85,8 @@ class SampleGrid(L.Callback):
 def log_grid(
     loggers: list[Logger], key: str, pixels: np.ndarray, step: int, caption: str = ""
 ) -> None:
-    """Send one uint8 grid (`[H, W, C]` or `[H, W]`, 0-255) to every logger that takes images.
-
-    W&B reads a uint8 array as 0-255 pixels as it is (a float array in [0, 1] would come out
-    black). TensorBoard is told the layout (`dataformats`): it leaves uint8 unscaled. Loggers
-    without images (CSV) are skipped.
-    """
+    """Send one uint8 grid (`[H, W, C]` or `[H, W]`, 0-255) to every logger that takes images
+    (W&B, TensorBoard; CSV is skipped). Both read uint8 as 0-255 pixels (`utils/images.py`)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key, [pixels], step=step, caption=[caption])

@@ -1,15 +1,12 @@
 """SIGTERM and SIGINT (Ctrl-C) end a run the same way, whenever they land.
 
-Python's default SIGINT raises `KeyboardInterrupt` wherever the program happens to be (inside a
-checkpoint write, a DataLoader, a logger), and Lightning's own SIGTERM handler only sets a flag
-that its loops check at some points (end of a training batch, of a non-final validation batch, of
-an epoch). So the outcome used to depend on the moment. Here both signals only *record* that
-they arrived (`deferred_signals`); the run stops at the next point where its state is
-consistent: Lightning's checks (the flag is forwarded to `trainer.received_sigterm`), the start of
-sanity checking or training, the end of training (after the final sample grid), or right after
-`trainer.fit` returns. `InterruptCheckpoint` then writes `interrupted.ckpt` and `train.run`
-records `status: interrupted` and exits with 128 + the signal number (130 for SIGINT, 143 for
-SIGTERM). A second Ctrl-C stops at once (raw `KeyboardInterrupt`, nothing saved).
+Python's SIGINT raises `KeyboardInterrupt` wherever the program is (inside a checkpoint write, a
+DataLoader), and Lightning's SIGTERM flag is checked only at some points of its loops. Here both
+signals only *record* that they arrived; the run stops at the next consistent point: Lightning's
+checks (the flag is forwarded to the trainer), the start of sanity checking or training, the end
+of training, or right after `trainer.fit` returns. `InterruptCheckpoint` writes
+`interrupted.ckpt`, and `train.run` records `status: interrupted` and exits with 128 + the signal
+number (130, 143). A second Ctrl-C stops at once (raw `KeyboardInterrupt`, nothing saved).
 """
 
 from __future__ import annotations
@@ -45,7 +42,7 @@ def signal_name(signum: int) -> str:
 
 
 class _State:
-    signum: int | None = None
+    signum: int | None = None  # the first signal received since `install`
     installed: dict[int, Any] | None = None  # the handlers we replaced, to restore them
     depth = 0
     trainer_ref: weakref.ReferenceType | None = None
@@ -59,24 +56,10 @@ def received() -> int | None:
     return _STATE.signum
 
 
-def reset() -> None:
-    """Forget a received signal (for tests and for the next job of a multirun)."""
-    _STATE.signum = None
-
-
 def attach_trainer(trainer: Any) -> None:
-    """Forward signals to this trainer's `received_sigterm`, so its loops stop at their checks."""
+    """Forward signals to this trainer's `received_sigterm`, so its loops stop at their checks
+    (one that arrived before, `InterruptCheckpoint` raises when sanity checks or training start)."""
     _STATE.trainer_ref = weakref.ref(trainer)
-    forward_to_trainer()
-
-
-def forward_to_trainer() -> None:
-    """Set the attached trainer's `received_sigterm` if a signal arrived (Lightning resets it
-    when `fit` registers its handlers, so this is called again at the start of training)."""
-    trainer = _STATE.trainer_ref() if _STATE.trainer_ref is not None else None
-    connector = getattr(trainer, "_signal_connector", None)
-    if _STATE.signum is not None and connector is not None:
-        connector.received_sigterm = True  # Lightning's own flag: its loops raise SIGTERMException
 
 
 def raise_if_received(step: int | None = None) -> None:
@@ -98,19 +81,20 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         f"\n{signal_name(signum)} received: stopping at the next safe point and writing "
         f"checkpoints/interrupted.ckpt (Ctrl-C again to stop at once, without it).\n".encode(),
     )
-    forward_to_trainer()
+    trainer = _STATE.trainer_ref() if _STATE.trainer_ref is not None else None
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None:
+        connector.received_sigterm = True  # Lightning's own flag: its loops raise SIGTERMException
 
 
 def install() -> None:
-    """Defer SIGTERM/SIGINT (idempotent; main thread only, elsewhere a no-op)."""
+    """Defer SIGTERM/SIGINT (nests; main thread only, elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         return
     _STATE.depth += 1
     if _STATE.installed is None:
         _STATE.signum = None  # a fresh start: forget a signal of an earlier run in this process
-        _STATE.installed = {s: signal.getsignal(s) for s in HANDLED}
-        for s in HANDLED:
-            signal.signal(s, _handler)
+        _STATE.installed = {s: signal.signal(s, _handler) for s in HANDLED}
 
 
 def uninstall() -> None:

@@ -2,10 +2,9 @@
 
 Hydra composes each job just before launching it, so a grid such as
 `model.net.ch_mults=[1,2],[1,2,2] model.net.is_attn=[false,true],[false,true,false]` would train
-the valid jobs and fail the mismatched ones one by one. `SweepCheck`, a Hydra callback
-(configs/hydra/default.yaml), composes every job of the basic (grid) sweeper first, through
-Hydra's public config loader and override parser, and names all invalid combinations before any
-job starts. Other sweepers (Optuna) choose their jobs as they go and are left alone.
+the valid jobs and fail the mismatched ones one by one. `SweepCheck` (configs/hydra/default.yaml)
+composes every job of the basic (grid) sweeper first, through Hydra's public config loader and
+override parser; other sweepers (Optuna) choose their jobs as they go and are left alone.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ def grid_jobs(config: DictConfig) -> list[list[str]]:
     config): its `params` and the command line's sweeps, expanded as that sweeper does (a key
     given twice keeps its last value; jobs in the order of the cartesian product)."""
     params = config.hydra.sweeper.get("params") or {}
-    arguments = [*(f"{key}={value}" for key, value in params.items())]
-    arguments += list(config.hydra.overrides.task)
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += config.hydra.overrides.task
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     choices: dict[str, list[str]] = {}
     for override in parser.parse_overrides(arguments):
@@ -41,11 +40,8 @@ def grid_jobs(config: DictConfig) -> list[list[str]]:
 
 
 class SweepCheck(HydraCallback):
-    """Before a basic-sweeper multirun: `check_model_config` on every job's composed config.
-
-    Raises `ConfigError` (printed as one message, exit status 2, nothing launched) naming every
-    invalid job.
-    """
+    """Before a basic-sweeper multirun: `check_model_config` on every job's composed config; one
+    `ConfigError` naming every invalid job (exit status 2, nothing launched)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.runtime.choices.get("hydra/sweeper")  # Hydra's default: basic

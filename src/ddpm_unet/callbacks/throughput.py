@@ -15,16 +15,15 @@ class ImagesPerSecond(L.Callback):
     between batches is included (it is part of what a user waits for). Validation, sample grids
     and FID all run after the last batch has ended (Lightning validates inside the training
     epoch, before `on_train_epoch_end`), so they are not: the figure compares training speed.
+    Lightning's `ThroughputMonitor` would count the epoch's end (tests/test_logs.py shows it).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._start: float | None = None
-        self._last_end: float | None = None
-        self._images = 0
+    _start: float | None = None  # perf_counter at the epoch's first batch start
+    _end = 0.0  # ... and at its last batch end
+    _images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._last_end, self._images = None, None, 0
+        self._start, self._end, self._images = None, 0.0, 0
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -41,10 +40,9 @@ class ImagesPerSecond(L.Callback):
         batch_idx: int,
     ) -> None:
         self._images += batch.shape[0] * trainer.world_size
-        self._last_end = time.perf_counter()
+        self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._start is None or self._last_end is None or self._images == 0:
-            return
-        elapsed = self._last_end - self._start
-        pl_module.log("train/img_per_s", self._images / max(elapsed, 1e-9), rank_zero_only=True)
+        if self._start is not None and self._images:
+            rate = self._images / max(self._end - self._start, 1e-9)
+            pl_module.log("train/img_per_s", rate, rank_zero_only=True)

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from ddpm_unet.data.datasets import (
     DATASET_NAMES,
     TORCHVISION_DATASETS,
-    DigitsDataset,
     ImageDataset,
     PrecomputedImages,
     build_transform,
+    load_digits_images,
     load_torchvision_split,
     random_split_indices,
 )
@@ -39,6 +40,7 @@ from ddpm_unet.utils.rules import (
 
 log = logging.getLogger(__name__)
 
+# `ImageDataModule`'s arguments (the `data` config), checked by it and the early config check.
 DATA_RULES: tuple[Rule | Choice, ...] = (
     Choice("dataset", DATASET_NAMES),
     Rule("image_size", POSITIVE_INT, "32"),
@@ -49,20 +51,12 @@ DATA_RULES: tuple[Rule | Choice, ...] = (
     Rule("seed", SEED, "0"),
     Rule("max_bad_files", NON_NEGATIVE_INT, "10", null_means="skipping any number"),
 )
-"""`ImageDataModule`'s arguments (the `data` config); checked at construction and by the early
-config check."""
 
 
 def per_device_batch_size(batch_size: int, world_size: int, world: str = "devices x nodes") -> int:
-    """Split the global `batch_size` evenly over `world_size` processes (`world` says where that
-    number comes from). The one statement of this rule: `setup` and the early config check
-    (before the trainer exists) both call it.
-
-    Raises:
-        UserError: `batch_size` is not a multiple of `world_size`.
-    """
-    if world_size < 1:
-        raise ValueError(f"world_size={world_size} must be at least 1.")
+    """The global `batch_size` split evenly over `world_size` processes (`world` says where that
+    number comes from); a `UserError` if it does not divide. `setup` and the early config check
+    (before the trainer exists) both call it."""
     if batch_size % world_size:
         lower = batch_size // world_size * world_size
         options = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
@@ -78,33 +72,23 @@ class ResumableRandomSampler(Sampler[int]):
     """A shuffle whose order is a function of `(seed, epoch)`, that can start mid-epoch.
 
     `torch`'s `RandomSampler` draws each epoch's order from the global RNG, so after a resume the
-    order differs, and Lightning cannot skip the batches an interrupted epoch already used.
-    Here epoch `e` is `randperm(n)` from a generator seeded with `(seed, e)`; `set_epoch` (called
-    by Lightning before each epoch) picks the epoch, and `skip` indices are left out of the first
-    pass over `skip_epoch` (the rest of an interrupted epoch). No global RNG is drawn from.
+    order differs. Here epoch `e` is `randperm(n)` seeded with `(seed, e)` (`set_epoch`, called
+    by Lightning, picks `e`), and the first pass over the starting `epoch` leaves out its first
+    `skip` indices (those an interrupted epoch already used).
     """
 
-    def __init__(
-        self, n: int, seed: int, epoch: int = 0, skip: int = 0, skip_epoch: int | None = None
-    ) -> None:
-        self.n = n
-        self.seed = seed
-        self.epoch = epoch
-        self.skip = skip
-        self.skip_epoch = epoch if skip_epoch is None else skip_epoch
+    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
+        self.skip_epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def order(self, epoch: int) -> list[int]:
-        """The indices of `epoch`, in order."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=gen).tolist()
-
     def __iter__(self):  # a generator: the order is fixed at the first item, after set_epoch
         start = self.skip if self.epoch == self.skip_epoch else 0
         self.skip = 0
-        yield from self.order(self.epoch)[start:]
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(self.n, generator=gen).tolist()[start:]
 
     def __len__(self) -> int:
         return self.n  # a full epoch: Lightning counts an epoch's batches from it
@@ -114,32 +98,27 @@ class ImageDataModule(L.LightningDataModule):
     """Images for DDPM training: `[C, H, W]` float tensors in [-1, 1], no labels.
 
     Args:
-        dataset: one of `digits` (scikit-learn's bundled 8x8 digits, offline), `mnist`,
-            `fashion_mnist`, `cifar10`, `celeba` (torchvision's classes), `folder` (every
-            PNG/JPEG under `root`, recursively).
+        dataset: one of `DATASET_NAMES` (see `ddpm_unet.data.datasets`).
         root: where torchvision datasets live or are downloaded to; for `folder`, the image
             folder itself. Ignored by `digits`.
-        image_size: side of the square output; sources are resized (shorter side) and centre
-            cropped.
+        image_size: side of the square output (shorter side resized, centre cropped).
         image_channels: 1 (converted to grey) or 3 (converted to RGB).
         batch_size: the GLOBAL batch size; each of the trainer's `world_size` processes loads
             `batch_size // world_size` (`batch_size_per_device`, set in `setup`).
         num_workers: DataLoader worker processes per device (kept alive between epochs if > 0).
-        val_fraction: share of images held out for validation, for `digits` and `folder` only
-            (seeded random split). `mnist`, `fashion_mnist`, `cifar10` validate on their
-            official test split and `celeba` on its official `valid` partition, so every run
-            validates on the same images whatever the seed.
+        val_fraction: share of images held out for validation (seeded random split), for
+            `digits` and `folder` only; torchvision datasets use their official held-out split.
         seed: seed of the random train/val split (not of training).
         random_flip: random horizontal flips of training images (never of val or reference
             images); right for CIFAR-10 and faces, wrong for digits.
-        download: let torchvision download missing files (in `prepare_data`, rank 0 only). With
-            False, missing files raise `DatasetNotFoundError` naming the paths and the fix.
+        download: let torchvision download missing files (in `prepare_data`, rank 0 only); else
+            missing files raise `DatasetNotFoundError`.
         pin_memory: DataLoader `pin_memory` (faster host-to-GPU copies).
         max_bad_files: `folder` only: how many unreadable files may be skipped (with a warning)
             before setup fails with `CorruptImagesError`; None = any number.
 
-    Validation uses the same transform as training minus the flip. `reference_dataset()` gives
-    un-flipped images of either split, e.g. as the real images for FID.
+    The arguments are kept in `self.hparams` (and in checkpoints). Validation and
+    `reference_dataset()` (the real images for FID) use the training transform minus the flip.
     """
 
     def __init__(
@@ -162,92 +141,71 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         # logger=False: these are data settings, stored in checkpoints but not as run metrics.
         self.save_hyperparameters(logger=False)
-        self.dataset = dataset
-        self.root = os.fspath(root)
-        self.image_size = image_size
-        self.image_channels = image_channels
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.random_flip = random_flip
-        self.download = download
-        self.pin_memory = pin_memory
-        self.max_bad_files = max_bad_files
-
         # Until setup() knows the world size, assume one process.
         self.world_size = 1
         self.batch_size_per_device = batch_size
         self.train_dataset: ImageDataset | PrecomputedImages | None = None
         self.val_dataset: ImageDataset | PrecomputedImages | None = None
         # (source, indices) per split, kept to build reference datasets with another transform.
-        self._sources: dict[str, tuple[Dataset[Any], list[int]]] = {}
+        self._sources: dict[str, tuple[Dataset[Any], Sequence[int]]] = {}
         # Data order (see ResumableRandomSampler): its seed, and where a resumed run starts.
         self.sampler_seed: int | None = None
         self._resume: tuple[int, int] = (0, 0)  # (epoch, batches already done in it)
 
-    # ---------------------------------------------------------------------------------------
-    # Lightning hooks
-    # ---------------------------------------------------------------------------------------
-
     def prepare_data(self) -> None:
         """Check that the data is there, downloading it if allowed (Lightning calls this on one
-        process per node, before `setup`).
-
-        Raises:
-            DatasetNotFoundError: files missing (download=False) or folder missing/empty.
-            DatasetDownloadError: the download failed (e.g. no network).
-        """
-        if self.dataset in TORCHVISION_DATASETS:
+        process per node, before `setup`); `DatasetNotFoundError` / `DatasetDownloadError` if
+        not."""
+        hp = self.hparams
+        if hp.dataset in TORCHVISION_DATASETS:
             # Building the class is torchvision's own (public) check of its files; it reads the
             # train split once more than needed, the price of not calling its private checks.
-            load_torchvision_split(self.dataset, self.root, "train", download=self.download)
-        elif self.dataset == "folder":
-            list_folder_images(self.root)  # cheap existence check; images are verified in setup
+            load_torchvision_split(hp.dataset, hp.root, "train", download=hp.download)
+        elif hp.dataset == "folder":
+            list_folder_images(hp.root)  # cheap existence check; images are verified in setup
 
     def setup(self, stage: str | None = None) -> None:
-        """Compute `batch_size_per_device` from the trainer and build both splits (once).
-
-        Every process builds the same splits: the random split is seeded, the others official.
-
-        Raises:
-            UserError: `batch_size` not divisible by the trainer's world size.
-            DatasetNotFoundError / CorruptImagesError: see `prepare_data` and `folder`.
-        """
+        """Compute `batch_size_per_device` from the trainer (`UserError` if the world size does
+        not divide `batch_size`) and build both splits, once. Every process builds the same
+        splits: the random split is seeded, the others official."""
+        hp = self.hparams
         self.world_size = self.trainer.world_size if self.trainer is not None else 1
-        self.batch_size_per_device = per_device_batch_size(self.batch_size, self.world_size)
+        self.batch_size_per_device = per_device_batch_size(hp.batch_size, self.world_size)
         if self.train_dataset is not None:
             return
         if self.trainer is None:
             # Used on its own (a notebook, the FID script): nobody called prepare_data for us.
             self.prepare_data()
-        self._sources = self._build_sources()
-        self.train_dataset = self._images("train", flip=self.random_flip)
+        if hp.dataset in TORCHVISION_DATASETS:
+            train = load_torchvision_split(hp.dataset, hp.root, "train")
+            val = load_torchvision_split(hp.dataset, hp.root, "val")
+            self._sources = {"train": (train, range(len(train))), "val": (val, range(len(val)))}
+        else:
+            source = (
+                load_digits_images()
+                if hp.dataset == "digits"
+                else ImageFolderDataset(hp.root, max_bad_files=hp.max_bad_files)
+            )
+            train_idx, val_idx = random_split_indices(len(source), hp.val_fraction, hp.seed)
+            self._sources = {"train": (source, train_idx), "val": (source, val_idx)}
+        self.train_dataset = self._images("train", flip=hp.random_flip)
         self.val_dataset = self._images("val", flip=False)
         log.info(
-            "Dataset %r: %d train / %d val images, %d x %d x %d, %d per device x %d device(s).",
-            self.dataset,
-            len(self.train_dataset),
-            len(self.val_dataset),
-            self.image_channels,
-            self.image_size,
-            self.image_size,
-            self.batch_size_per_device,
-            self.world_size,
+            f"Dataset {hp.dataset!r}: {len(self.train_dataset)} train / {len(self.val_dataset)} "
+            f"val images, {hp.image_channels} x {hp.image_size} x {hp.image_size}, "
+            f"{self.batch_size_per_device} per device x {self.world_size} device(s)."
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches `[batch_size_per_device, C, H, W]`; the last partial batch is
         dropped (uneven batches would weigh some images more), unless that would leave none."""
         train = self._require("train")
-        # Under DDP each process sees ~1/world_size of the images.
-        drop_last = len(train) // self.world_size >= self.batch_size_per_device
+        per_device = len(train) // self.world_size  # under DDP, each process's share
+        drop_last = per_device >= self.batch_size_per_device
         if not drop_last:
             log.warning(
-                "Only %d training images per device for a per-device batch of %d: keeping the "
-                "partial batch (drop_last=False).",
-                len(train) // self.world_size,
-                self.batch_size_per_device,
+                f"Only {per_device} training images per device for a per-device batch of "
+                f"{self.batch_size_per_device}: keeping the partial batch (drop_last=False)."
             )
         if self.world_size > 1:
             # Lightning swaps in a DistributedSampler (order seeded per epoch; a resumed epoch
@@ -281,56 +239,34 @@ class ImageDataModule(L.LightningDataModule):
         self._require(split)
         return self._images(split, flip=False)
 
-    # ---------------------------------------------------------------------------------------
-    # helpers
-    # ---------------------------------------------------------------------------------------
-
-    def _build_sources(self) -> dict[str, tuple[Dataset[Any], list[int]]]:
-        if self.dataset in TORCHVISION_DATASETS:
-            train = load_torchvision_split(self.dataset, self.root, "train")
-            val = load_torchvision_split(self.dataset, self.root, "val")
-            return {"train": (train, list(range(len(train)))), "val": (val, list(range(len(val))))}
-        source: Dataset[Any]
-        if self.dataset == "digits":
-            source = DigitsDataset()
-        else:
-            source = ImageFolderDataset(self.root, max_bad_files=self.max_bad_files)
-        train_idx, val_idx = random_split_indices(len(source), self.val_fraction, self.seed)
-        return {"train": (source, train_idx), "val": (source, val_idx)}
-
     def _images(self, split: str, flip: bool) -> ImageDataset | PrecomputedImages:
         source, indices = self._sources[split]
-        if isinstance(source, DigitsDataset):
-            # Small and in memory: transform once instead of per item and epoch.
-            fixed = build_transform(self.image_size, self.image_channels, random_flip=False)
-            return PrecomputedImages(ImageDataset(source, indices, fixed), random_flip=flip)
-        transform = build_transform(self.image_size, self.image_channels, random_flip=flip)
-        return ImageDataset(source, indices, transform)
+        size, channels = self.hparams.image_size, self.hparams.image_channels
+        if isinstance(source, TensorDataset):
+            # The digits, small and in memory: transform once instead of per item and epoch.
+            fixed = ImageDataset(source, indices, build_transform(size, channels, False))
+            return PrecomputedImages(fixed, random_flip=flip)
+        return ImageDataset(source, indices, build_transform(size, channels, random_flip=flip))
 
     def _require(self, split: str) -> ImageDataset | PrecomputedImages:
         if self.train_dataset is None:
             self.setup()  # convenience when used without a Trainer
-        dataset = self.train_dataset if split == "train" else self.val_dataset
-        assert dataset is not None
-        return dataset
+        return self.train_dataset if split == "train" else self.val_dataset
 
     def _loader(
         self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Sampler | None = None
     ) -> DataLoader:
-        generator = None
-        if sampler is not None:
-            # Worker seeds come from this generator, not from the global RNG, which then only the
-            # training steps draw from (what an exact resume restores).
-            generator = torch.Generator().manual_seed(sampler.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
             shuffle=shuffle,
             sampler=sampler,
-            generator=generator,
+            # Worker seeds come from this generator, not from the global RNG, which then only
+            # the training steps draw from (what an exact resume restores).
+            generator=torch.Generator().manual_seed(sampler.seed) if sampler is not None else None,
             drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            num_workers=self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory,
             # Re-spawning workers each epoch costs seconds per epoch on small datasets.
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.hparams.num_workers > 0,
         )

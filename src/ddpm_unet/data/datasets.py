@@ -1,20 +1,11 @@
-"""The underlying image datasets, the image transform, and clear errors for missing data.
+"""The image sources, the image transform, and clear errors for missing data.
 
-Everything here yields single images; `ImageDataset` turns any of them into float tensors
-`[channels, height, width]` in [-1, 1], dropping labels (a DDPM is unconditional).
-
-Sources:
-
-* `digits`: scikit-learn's bundled 8x8 handwritten digits (1797 images, values 0..16), read from
-  the scikit-learn package itself, so it works offline.
-* `mnist`, `fashion_mnist`, `cifar10`, `celeba`: torchvision's real dataset classes, reading the
-  datasets' own on-disk formats, through their public constructors only. A class built with
-  `download=False` runs its own integrity check; when that fails (torchvision's "Dataset not
-  found" `RuntimeError`), `DatasetNotFoundError` names every expected file with its state and how
-  to get it, or, with `data.download=true`, the class is built again with `download=True` (which
-  also checks first, so present files never touch the network) and a failed download raises
-  `DatasetDownloadError` instead of a bare network traceback.
-* `folder`: see `ddpm_unet.data.folder`.
+`ImageDataset` turns any source into float tensors `[channels, height, width]` in [-1, 1],
+dropping labels (a DDPM is unconditional). Sources: `digits`, scikit-learn's bundled 8x8 digits
+(offline); torchvision's classes, through their public constructors only (which check their own
+files; with `download=True` they check first, so present files never touch the network);
+`folder` (`ddpm_unet.data.folder`). Missing files and failed downloads end in an error naming
+every expected file with its state and how to get it.
 """
 
 from __future__ import annotations
@@ -22,12 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.utils import check_integrity
 from torchvision.datasets.vision import VisionDataset
@@ -37,17 +27,14 @@ from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "celeba", "folder")
-"""Every value `ImageDataModule(dataset=...)` accepts."""
-
+# The names served by torchvision classes (they have an official held-out split).
 TORCHVISION_DATASETS: dict[str, type[VisionDataset]] = {
     "mnist": tv_datasets.MNIST,
     "fashion_mnist": tv_datasets.FashionMNIST,
     "cifar10": tv_datasets.CIFAR10,
     "celeba": tv_datasets.CelebA,
 }
-"""The names served by torchvision classes (they have an official held-out split)."""
-
+DATASET_NAMES = ("digits", *TORCHVISION_DATASETS, "folder")  # what `ImageDataModule` accepts
 CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 
 
@@ -59,45 +46,23 @@ class DatasetDownloadError(DatasetNotFoundError):
     """The files were missing and downloading them failed (e.g. no network); see `__cause__`."""
 
 
-# --------------------------------------------------------------------------------------------
-# digits
-# --------------------------------------------------------------------------------------------
-
-
-class DigitsDataset(Dataset[torch.Tensor]):
-    """scikit-learn's 8x8 handwritten digits as float tensors `[1, 8, 8]` in [0, 1].
+def load_digits_images() -> TensorDataset:
+    """scikit-learn's 1797 8x8 handwritten digits as one tensor `[1797, 1, 8, 8]` in [0, 1].
 
     The raw values are integers 0..16; they are divided by 16 and kept as float rather than
     rounded to 8-bit, because 16 levels do not map onto 0..255 exactly.
     """
+    # Imported here: scikit-learn is only needed for this dataset and is slow to import.
+    from sklearn.datasets import load_digits
 
-    def __init__(self) -> None:
-        # Imported here: scikit-learn is only needed for this dataset and is slow to import.
-        from sklearn.datasets import load_digits
-
-        images = torch.from_numpy(load_digits().images).to(torch.float32)  # [1797, 8, 8], 0..16
-        self.images = (images / 16.0).unsqueeze(1)  # [1797, 1, 8, 8] in [0, 1]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Return image `index` as `[1, 8, 8]` float in [0, 1]."""
-        return self.images[index]
-
-
-# --------------------------------------------------------------------------------------------
-# transform and the images-only wrapper
-# --------------------------------------------------------------------------------------------
+    images = torch.from_numpy(load_digits().images).to(torch.float32)  # [1797, 8, 8], 0..16
+    return TensorDataset((images / 16.0).unsqueeze(1))
 
 
 class ConvertChannels:
-    """Convert a PIL image or a `[C, H, W]` tensor (C in 1, 3) to `channels` (1 = L, 3 = RGB).
-
-    PIL images go through `Image.convert`, which handles every mode a folder may contain (P with
-    a palette, RGBA (alpha is dropped), CMYK, LA). 16-bit grey PNGs (mode I;16, or I on older
-    Pillow) are first scaled to 8 bits: PIL's `convert("L")` would clip them at 255 instead.
-    """
+    """Convert a PIL image (any mode: P, RGBA, CMYK, LA, ...) or a `[C, H, W]` tensor (C in 1,
+    3) to `channels` (1 = L, 3 = RGB). 16-bit grey PNGs (mode I;16, or I on older Pillow) are
+    first scaled to 8 bits: PIL's `convert("L")` would clip them at 255 instead."""
 
     def __init__(self, channels: int) -> None:
         self.channels = channels
@@ -106,28 +71,24 @@ class ConvertChannels:
         self._convert_tensor = v2.Grayscale(1) if channels == 1 else v2.RGB()
 
     def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
-        if isinstance(image, Image.Image):
-            if image.mode == self.mode:
-                return image
-            if image.mode.startswith("I;16"):
-                image = image.convert("I")
-            if image.mode == "I":
-                image = image.point(lambda v: v * (1 / 257))  # 0..65535 -> 0..255, still mode I
-            return image.convert(self.mode)
-        return self._convert_tensor(image)
+        if not isinstance(image, Image.Image):
+            return self._convert_tensor(image)
+        if image.mode == self.mode:
+            return image
+        if image.mode.startswith("I;16"):
+            image = image.convert("I")
+        if image.mode == "I":
+            image = image.point(lambda v: v * (1 / 257))  # 0..65535 -> 0..255, still mode I
+        return image.convert(self.mode)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # part of the reference-statistics cache key: keep it stable
         return f"{type(self).__name__}(channels={self.channels})"
 
 
 def build_transform(image_size: int, image_channels: int, random_flip: bool) -> v2.Compose:
     """The transform from a source image to a float tensor `[image_channels, image_size,
-    image_size]` in [-1, 1].
-
-    Steps: channel conversion (L or RGB), to float in [0, 1], resize so the shorter side is
-    `image_size` (bilinear with antialiasing: a convex filter, so values stay in [0, 1]), centre
-    crop to a square, optional horizontal flip, then `x * 2 - 1`. Resizing happens in float so a
-    resized image is not rounded back to 8 bits.
+    image_size]` in [-1, 1]. Resizing (shorter side, antialiased bilinear: a convex filter, so
+    values stay in [0, 1]) happens in float, so a resized image is not rounded back to 8 bits.
     """
     steps: list[Callable[[Any], Any]] = [
         ConvertChannels(image_channels),
@@ -146,20 +107,12 @@ def build_transform(image_size: int, image_channels: int, random_flip: bool) -> 
 
 
 class ImageDataset(Dataset[torch.Tensor]):
-    """Images only: `source[indices[i]]`, label dropped, passed through `transform`.
-
-    Args:
-        source: a dataset whose items are images (PIL or `[C, H, W]` tensors) or `(image, ...)`
-            tuples, as torchvision's classes return.
-        indices: which items of `source` belong to this split.
-        transform: e.g. `build_transform(...)`; returns `[C, H, W]` float in [-1, 1].
-    """
+    """Images only: `source[indices[i]]` (an image, PIL or `[C, H, W]`, or an `(image, ...)`
+    tuple as torchvision's classes and `TensorDataset` return), label dropped, passed through
+    `transform` (e.g. `build_transform(...)`, giving `[C, H, W]` float in [-1, 1])."""
 
     def __init__(
-        self,
-        source: Dataset[Any],
-        indices: Sequence[int],
-        transform: Callable[[Any], torch.Tensor],
+        self, source: Dataset[Any], indices: Sequence[int], transform: Callable[[Any], torch.Tensor]
     ) -> None:
         self.source = source
         self.indices = list(indices)
@@ -169,22 +122,17 @@ class ImageDataset(Dataset[torch.Tensor]):
         return len(self.indices)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        """Return one image `[C, H, W]`, float32 in [-1, 1]."""
         item = self.source[self.indices[index]]
-        if isinstance(item, tuple):  # torchvision's (image, target): a DDPM needs only the image
+        if isinstance(item, tuple):  # (image, target) or (image,): a DDPM needs only the image
             item = item[0]
         return self.transform(item)
 
 
 class PrecomputedImages(Dataset[torch.Tensor]):
-    """A small dataset transformed once, held as one tensor `[N, C, H, W]` in [-1, 1].
-
-    For in-memory sources such as the digits, where running the per-image transform pipeline on
-    every item of every batch is pure overhead (about a fifth of a training step at batch 256 on a
-    CPU, for the same tensors every epoch). The deterministic part of the transform runs once
-    here; the only random step, the horizontal flip, is applied per item (probability 0.5) when
-    `random_flip`.
-    """
+    """A small dataset transformed once, held as one tensor `[N, C, H, W]` in [-1, 1]; only the
+    horizontal flip (`random_flip`, probability 0.5) is applied per item. For in-memory sources
+    such as the digits, where the per-item pipeline is pure overhead (a fifth of a training step
+    at batch 256 on a CPU)."""
 
     def __init__(self, images: ImageDataset, random_flip: bool = False) -> None:
         self.source, self.indices = images.source, images.indices  # as ImageDataset has them
@@ -195,8 +143,6 @@ class PrecomputedImages(Dataset[torch.Tensor]):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        """Return one image `[C, H, W]`, float32 in [-1, 1] (mirrored half of the time with
-        `random_flip`)."""
         image = self.images[index]
         if self.random_flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
@@ -216,84 +162,56 @@ def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[i
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
-# --------------------------------------------------------------------------------------------
-# torchvision datasets: their own check, guarded download, clear messages
-# --------------------------------------------------------------------------------------------
-
-
-def _mnist_raw_folder(cls: type[VisionDataset], root: str) -> str:
-    """`<root>/<class name>/raw`: where the MNIST classes keep their files (their documented
-    layout; the class's `raw_folder` property needs an instance, which missing files prevent)."""
-    return os.path.join(root, cls.__name__, "raw")
-
-
-def _expected_files(cls: type[VisionDataset], root: str) -> list[tuple[str, str | None, bool]]:
-    """`(path, md5 or None, is_dir)` for every file class `cls` checks under `root`, read from
-    the class's public attributes (its file lists, checksums and folder names)."""
+def _expected_files(
+    cls: type[VisionDataset], root: str
+) -> tuple[list[tuple[str, str | None, bool]], str]:
+    """What class `cls` checks under `root`, read from its public attributes (file lists,
+    checksums, folder names, URLs): `(path, md5 or None, is_dir)` for each, and how to fetch
+    them by hand."""
+    root = os.path.abspath(root)
     if issubclass(cls, tv_datasets.MNIST):  # FashionMNIST subclasses MNIST
-        # It checks the gunzipped files, without checksums (those are for the .gz archives).
-        raw = _mnist_raw_folder(cls, root)
-        return [(os.path.join(raw, os.path.splitext(f)[0]), None, False) for f, _ in cls.resources]
+        # `<root>/<class name>/raw`, the documented layout (its `raw_folder` needs an instance).
+        # The gunzipped files are checked, without checksums (those are for the .gz archives).
+        raw = os.path.join(root, cls.__name__, "raw")
+        files = [(os.path.join(raw, os.path.splitext(f)[0]), None, False) for f, _ in cls.resources]
+        gz = ", ".join(f for f, _ in cls.resources)
+        return files, f"download {gz} from {cls.mirrors[0]} and gunzip them into {raw}"
     folder = os.path.join(root, cls.base_folder)
     if issubclass(cls, tv_datasets.CIFAR10):
-        files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
-        return [(os.path.join(folder, name), md5, False) for name, md5 in files]
-    if issubclass(cls, tv_datasets.CelebA):
-        expected: list[tuple[str, str | None, bool]] = [
-            (os.path.join(folder, name), md5, False)
-            for _, md5, name in cls.file_list
-            if not name.endswith((".zip", ".7z"))  # the class accepts the unzipped images only
-        ]
-        expected.append((os.path.join(folder, "img_align_celeba"), None, True))
-        return expected
-    raise TypeError(f"no file list for {cls.__name__}")
-
-
-def _file_status(path: str, md5: str | None, is_dir: bool) -> str:
-    if is_dir:
-        return "ok" if os.path.isdir(path) else "missing"
-    if not os.path.isfile(path):
-        return "missing"
-    if md5 is not None and not check_integrity(path, md5):
-        return "checksum mismatch (corrupt, truncated or another version)"
-    return "ok"
-
-
-def _how_to_get(cls: type[VisionDataset], root: str) -> str:
-    """Instructions for fetching the dataset by hand, built from the class's own URLs."""
-    root = os.path.abspath(root)
-    if issubclass(cls, tv_datasets.MNIST):
-        gz = ", ".join(f for f, _ in cls.resources)
-        raw = _mnist_raw_folder(cls, root)
-        return f"download {gz} from {cls.mirrors[0]} and gunzip them into {raw}"
-    if issubclass(cls, tv_datasets.CIFAR10):
-        return (
+        names = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+        return [(os.path.join(folder, name), md5, False) for name, md5 in names], (
             f"download {cls.url} (md5 {cls.tgz_md5}) and extract it inside {root} "
             f"(it creates {cls.base_folder}/)"
         )
-    # CelebA: torchvision downloads it from Google Drive through `gdown`, which is often refused
-    # (daily quota), so the manual route is the one that usually works.
-    names = ", ".join(name for _, _, name in cls.file_list)
-    return (
-        f"download {names} from the CelebA Google Drive linked at {CELEBA_PAGE} into "
-        f"{os.path.join(root, cls.base_folder)} and unzip img_align_celeba.zip there "
+    # CelebA accepts the unzipped images only. Its own downloader fetches from Google Drive
+    # through `gdown`, which is often refused (daily quota): the manual route usually works.
+    files = [
+        (os.path.join(folder, name), md5, False)
+        for _, md5, name in cls.file_list
+        if not name.endswith((".zip", ".7z"))
+    ]
+    return [*files, (os.path.join(folder, "img_align_celeba"), None, True)], (
+        f"download {', '.join(name for _, _, name in cls.file_list)} from the CelebA Google "
+        f"Drive linked at {CELEBA_PAGE} into {folder} and unzip img_align_celeba.zip there "
         f"(torchvision needs every annotation file, not only list_eval_partition.txt; its own "
         f"downloader needs the `gdown` package and often hits Google Drive's quota)"
     )
 
 
 def _not_found_message(cls: type[VisionDataset], root: str, headline: str) -> str:
-    lines = [
-        headline,
-        f"Files torchvision.datasets.{cls.__name__} expects:",
-        *(
-            f"  {os.path.abspath(path)}  [{_file_status(path, md5, is_dir)}]"
-            for path, md5, is_dir in _expected_files(cls, root)
-        ),
-        f"To get them: {_how_to_get(cls, root)}; or run with data.download=true on a machine "
-        f"with network access and data.root={os.path.abspath(root)} (or copy that folder "
-        f"here afterwards).",
-    ]
+    files, how_to_get = _expected_files(cls, root)
+    lines = [headline, f"Files torchvision.datasets.{cls.__name__} expects:"]
+    for path, md5, is_dir in files:
+        status = "ok"
+        if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+            status = "missing"
+        elif md5 is not None and not check_integrity(path, md5):
+            status = "checksum mismatch (corrupt, truncated or another version)"
+        lines.append(f"  {path}  [{status}]")
+    lines.append(
+        f"To get them: {how_to_get}; or run with data.download=true on a machine with network "
+        f"access and data.root={os.path.abspath(root)} (or copy that folder here afterwards)."
+    )
     return "\n".join(lines)
 
 
@@ -303,30 +221,20 @@ def load_torchvision_split(
     """The torchvision dataset `name`, split `"train"` or `"val"`, items `(PIL image, target)`.
 
     `val` is the official held-out split: the test set of MNIST, Fashion-MNIST and CIFAR-10, and
-    CelebA's `valid` partition (its `test` partition is left unused). The class's constructor
-    checks the files (and, for CIFAR-10 and CelebA, their checksums) itself; only when that check
-    fails and `download` is set does it download.
-
-    No socket timeout is set for the download: torchvision's downloader takes none, and the only
-    other way, `socket.setdefaulttimeout`, would change every socket of the process (loggers'
-    threads included). The download is logged first, with the way to fetch the files by hand.
-
-    Raises:
-        DatasetNotFoundError: the files are missing or fail their checksum, and not `download`.
-        DatasetDownloadError: the download raised (no network, HTTP error, quota, bad archive),
-            or the files are still wrong after it.
+    CelebA's `valid` partition (its `test` partition is left unused). Raises
+    `DatasetNotFoundError` when the class's own check of its files fails and not `download`,
+    `DatasetDownloadError` when the download fails or leaves them wrong. No socket timeout is
+    set for the download: torchvision's downloader takes none, and `socket.setdefaulttimeout`
+    would change every socket of the process; the download is logged first, with the manual way.
     """
-    if split not in ("train", "val"):
-        raise UserError(f"split={split!r} must be 'train' or 'val'.")
-    cls = TORCHVISION_DATASETS[name]
-    root = os.fspath(root)
-    if cls is tv_datasets.CelebA:
-        # target_type=[]: no targets are built (items are (image, None)); the class still reads
-        # all of its annotation files, which its integrity check requires.
-        kwargs: dict[str, Any] = {"split": "train" if split == "train" else "valid"}
-        kwargs["target_type"] = []
-    else:
-        kwargs = {"train": split == "train"}
+    cls, root = TORCHVISION_DATASETS[name], os.fspath(root)
+    # CelebA with target_type=[]: no targets are built (items are (image, None)); the class
+    # still reads all of its annotation files, which its integrity check requires.
+    kwargs: dict[str, Any] = (
+        {"split": "train" if split == "train" else "valid", "target_type": []}
+        if cls is tv_datasets.CelebA
+        else {"train": split == "train"}
+    )
     where = os.path.abspath(root)
     try:
         return cls(root, download=False, **kwargs)
@@ -339,11 +247,10 @@ def load_torchvision_split(
                 cls, root, f"Dataset {name!r} not found under {where} and data.download=false."
             )
         )
+    how_to_get = _expected_files(cls, root)[1]
     log.info(
-        "Dataset %r not found under %s: downloading it. If the download stalls, stop it and %s.",
-        name,
-        where,
-        _how_to_get(cls, root),
+        f"Dataset {name!r} not found under {where}: downloading it. If the download stalls, "
+        f"stop it and {how_to_get}."
     )
     # Any exception: downloads fail in many ways (URLError, socket errors, HTTP errors wrapped in
     # RuntimeError by the MNIST mirror loop, gdown missing, a truncated archive, the files still
@@ -360,8 +267,3 @@ def load_torchvision_split(
                 f"({type(err).__name__}: {err}). This machine may have no network access.",
             )
         ) from err
-
-
-def resolve_root(root: str | os.PathLike[str]) -> Path:
-    """`root` with `~` expanded (Hydra passes strings through unexpanded)."""
-    return Path(os.path.expanduser(os.fspath(root)))

@@ -1,16 +1,9 @@
-"""Every PNG/JPEG image under a folder, recursively, as one unlabelled dataset.
+"""Every PNG/JPEG image under a folder, at any depth, as one unlabelled dataset.
 
-Unlike torchvision's `ImageFolder`, no class sub-folders are required: images may sit directly
-in the folder or at any depth below it. Files are listed in sorted path order, so the index of an
-image (and hence the seeded train/val split) is the same on every machine.
-
-Corrupt files: at construction every candidate file is checked with PIL's `Image.verify()`
-(header and, for PNG, chunk checksums) and then decoded in full (`load()`), in a few threads.
-`verify()` alone decodes no pixels, so a truncated JPEG passes it and would only fail when a
-DataLoader worker reads it, mid-epoch, as a worker traceback. Files that fail are skipped, and
-one warning is logged with their count and first few paths. If more than `max_bad_files` fail
-(`None`: any number may), or none is readable, `CorruptImagesError` names them. A file that
-changes after set-up and then fails to decode raises `CorruptImagesError` naming it.
+Unlike torchvision's `ImageFolder`, no class sub-folders are required. Files are listed in sorted
+path order, so an image's index (and hence the seeded train/val split) is the same on every
+machine. Every file is decoded in full at construction, so a damaged one is skipped with a
+warning there instead of killing a DataLoader worker mid-epoch (`is_readable_image`).
 """
 
 from __future__ import annotations
@@ -23,25 +16,21 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from ddpm_unet.data.datasets import DatasetNotFoundError, resolve_root
+from ddpm_unet.data.datasets import DatasetNotFoundError
 from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
-"""File name endings (any case) that count as images; everything else is ignored."""
-
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # file name endings (any case) that are images
 _LISTED_IN_ERRORS = 20  # how many bad paths an error message names before "... and N more"
-# Threads decoding files at set-up: PIL's decoders release the GIL, so threads overlap.
-_CHECK_THREADS = min(8, os.cpu_count() or 1)
 
 
 class CorruptImagesError(UserError):
     """Image files that PIL cannot read; the message names them and the fix."""
 
 
-def find_image_files(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All files under `root` (recursively) whose name ends in one of `extensions`, sorted.
+def find_image_files(root: Path) -> list[Path]:
+    """All image files under `root` (recursively; `IMAGE_EXTENSIONS`), sorted.
 
     Symlinked sub-folders are followed (datasets are often assembled from links), each real
     folder once, so a link cycle cannot make the walk run forever.
@@ -54,24 +43,43 @@ def find_image_files(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS)
             dirnames[:] = []  # already walked through another link: do not descend again
             continue
         seen.add(real)
-        dirnames.sort()
-        found.extend(Path(dirpath, name) for name in filenames if name.lower().endswith(extensions))
+        found += [
+            Path(dirpath, name) for name in filenames if name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return sorted(found)
 
 
-def is_readable_image(path: Path) -> bool:
-    """Whether PIL can identify `path`, `verify()` finds no damage, and every pixel decodes.
+def list_folder_images(root: str | os.PathLike[str]) -> list[Path]:
+    """The image files under `root` (`~` expanded), without opening them.
 
-    JPEGs are decoded at reduced scale (`draft`): every byte of the file is still read and
-    entropy-decoded, so truncation and corrupt data are found, in about half the time. Assumes
-    PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` is False (its default): when some other code sets it,
-    PIL pads truncated files with grey and they pass.
+    Raises:
+        DatasetNotFoundError: `root` is missing, not a folder, or has no image file.
     """
+    root = Path(root).expanduser()
+    hint = "Set data.root to a folder holding PNG/JPEG images (at any depth)."
+    if not root.exists():
+        raise DatasetNotFoundError(f"Image folder {root.absolute()} does not exist. {hint}")
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"data.root={root.absolute()} is not a folder. {hint}")
+    files = find_image_files(root)
+    if not files:
+        raise DatasetNotFoundError(
+            f"No image file ({', '.join(IMAGE_EXTENSIONS)}) under {root.absolute()}. {hint}"
+        )
+    return files
+
+
+def is_readable_image(path: Path) -> bool:
+    """Whether PIL can identify `path`, `verify()` finds no damage, and every pixel decodes
+    (`verify()` alone decodes none, so a truncated JPEG passes it). Assumes PIL's
+    `ImageFile.LOAD_TRUNCATED_IMAGES` is False (its default): set, it pads truncated files."""
     try:
         with Image.open(path) as image:
             image.verify()  # PNG chunk checksums, which load() does not check
         with Image.open(path) as image:
-            image.draft(image.mode, (1, 1))  # JPEG only (a no-op elsewhere): 1/8-scale decode
+            # JPEG only (a no-op elsewhere): a 1/8-scale decode still reads and entropy-decodes
+            # every byte, so damage is found, in half the time.
+            image.draft(image.mode, (1, 1))
             image.load()
     # Any exception: PIL reports damage as OSError, SyntaxError, ValueError, struct.error or
     # DecompressionBombError depending on the format; all mean "not usable as training data".
@@ -89,40 +97,25 @@ def _name_files(paths: list[Path]) -> str:
 class ImageFolderDataset(Dataset[Image.Image]):
     """The readable images under `root`, recursively, as PIL images (EXIF rotation applied).
 
-    Args:
-        root: the folder to scan.
-        max_bad_files: how many unreadable files may be skipped before construction fails;
-            `None` skips any number (a warning still counts them), `0` fails on the first.
-        extensions: file name endings that count as images.
-
-    Raises:
-        DatasetNotFoundError: `root` does not exist, is not a folder, or holds no image file.
-        CorruptImagesError: more than `max_bad_files` files are unreadable, or none is readable.
+    Up to `max_bad_files` unreadable files (`None`: any number) are skipped with one warning;
+    more, or none readable, raise `CorruptImagesError` naming them, as does `__getitem__` for a
+    file that changed after set-up. A missing or empty `root`: `DatasetNotFoundError`.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        max_bad_files: int | None = None,
-        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    ) -> None:
-        self.root = resolve_root(root)
-        candidates = list_folder_images(self.root, extensions)
-        self.files: list[Path] = []
-        self.bad_files: list[Path] = []
-        with ThreadPoolExecutor(max_workers=_CHECK_THREADS) as pool:
+    def __init__(self, root: str | os.PathLike[str], max_bad_files: int | None = None) -> None:
+        candidates = list_folder_images(root)
+        self.root = Path(root).expanduser()
+        # Threads: PIL's decoders release the GIL, so they overlap.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             readable = list(pool.map(is_readable_image, candidates))
-        for path, ok in zip(candidates, readable, strict=True):
-            (self.files if ok else self.bad_files).append(path)
+        self.files = [path for path, ok in zip(candidates, readable) if ok]
+        self.bad_files = [path for path, ok in zip(candidates, readable) if not ok]
 
         if self.bad_files:
+            first = ", ".join(str(p) for p in self.bad_files[:5])
             log.warning(
-                "Skipping %d of %d files under %s that PIL cannot read: %s%s",
-                len(self.bad_files),
-                len(candidates),
-                self.root,
-                ", ".join(str(p) for p in self.bad_files[:5]),
-                " ..." if len(self.bad_files) > 5 else "",
+                f"Skipping {len(self.bad_files)} of {len(candidates)} files under {self.root} "
+                f"that PIL cannot read: {first}{' ...' if len(self.bad_files) > 5 else ''}"
             )
         if max_bad_files is not None and len(self.bad_files) > max_bad_files:
             raise CorruptImagesError(
@@ -153,25 +146,3 @@ class ImageFolderDataset(Dataset[Image.Image]):
                 f"{path} was readable at set-up but cannot be decoded now ({err}): it changed "
                 "during the run; restore, delete or re-export it."
             ) from err
-
-
-def list_folder_images(
-    root: str | os.PathLike[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS
-) -> list[Path]:
-    """The image files under `root` (see `find_image_files`), without opening them.
-
-    Raises:
-        DatasetNotFoundError: `root` is missing, not a folder, or has no file with `extensions`.
-    """
-    root = resolve_root(root)
-    hint = "Set data.root to a folder holding PNG/JPEG images (at any depth)."
-    if not root.exists():
-        raise DatasetNotFoundError(f"Image folder {root.absolute()} does not exist. {hint}")
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"data.root={root.absolute()} is not a folder. {hint}")
-    files = find_image_files(root, extensions)
-    if not files:
-        raise DatasetNotFoundError(
-            f"No image file ({', '.join(extensions)}) under {root.absolute()}. {hint}"
-        )
-    return files

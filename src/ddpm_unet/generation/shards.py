@@ -1,20 +1,11 @@
-"""Generated images on disk: shard files written as they are made, and `samples.npz`.
+"""Generated images on disk: a run's shards, written as they are made, and `samples.npz`.
 
-A run's shards live in `<output_dir>/shards/`:
-
-* `manifest.json`: what the images are of (checkpoint, number of images, seed, sampler,
-  EMA or not, `model_batch`, precision, image shape). A rerun in the same folder continues only
-  with the same settings; anything else is refused with a `UserError` naming what differs
-  (batch size and the number of devices may change: they do not change the images);
-* `shard-<first index>-n<count>.npz`: keys `indices` (int64 `[n]`) and `images` (uint8
-  `[n, H, W, C]`), one per generated batch, written beside its name and renamed into place, so
-  a killed run leaves whole shards or none. A shard that cannot be read all the same (a copy cut
-  short, a foreign file) is deleted with a warning and its images are generated again.
-
-`samples.npz` (key `images`, uint8 `[N, H, W, C]`, sorted by index) and the shards are written
-by `write_npz`: atomically, and with every zip entry's date and permissions fixed, so that the
-same images give the same bytes whatever the clock (`np.savez` happens to do so too, through
-`zipfile`'s default entry date, but does not promise it, nor write atomically).
+`<output_dir>/shards/` holds `manifest.json` (the settings the images depend on: a rerun in the
+same folder continues only with the same ones; batch size and device count may change) and one
+`shard-<first index>-n<count>.npz` per generated batch (keys `indices` int64 `[n]`, `images`
+uint8 `[n, H, W, C]`). Every file is written beside its name and renamed into place, so a killed
+run leaves whole shards or none; a shard unreadable all the same (a copy cut short, a foreign
+file) is deleted with a warning and its images made again.
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,23 +31,20 @@ SHARD_PREFIX = "shard-"
 FORMAT = 1  # of the manifest and shards; bump when their meaning changes
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
-# Manifest entry -> the config key a user changes it with (named in the refusal).
+# Manifest entry -> the config key a user changes it with (named in the refusal), where they
+# differ.
 SETTING_KEYS = {
     "checkpoint": "ckpt_path",
-    "num_samples": "num_samples",
-    "seed": "seed",
-    "sampler": "sampler",
-    "use_ema": "use_ema",
-    "model_batch": "model_batch",
-    "precision": "trainer.precision",
     "image_shape": "ckpt_path",
+    "precision": "trainer.precision",
 }
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` as an `.npz` archive (what `np.savez` writes, readable by `np.load`), with
-    the same bytes for the same arrays: fixed entry dates and permissions, no compression.
-    Atomic: written beside `path`, flushed to disk, then renamed."""
+    """Write `arrays` as an `.npz` archive (readable by `np.load`) atomically (written beside
+    `path`, flushed, renamed), with the same bytes for the same arrays: fixed entry dates and
+    permissions, no compression. (`np.savez` happens to fix the dates too, but does not promise
+    it, nor write atomically.)"""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -77,18 +65,10 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) ->
     return path
 
 
-def checkpoint_identity(ckpt_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What identifies a checkpoint file for the manifest: its path, size and modification
-    time (a `last.ckpt` overwritten by further training is another checkpoint)."""
-    stat = os.stat(ckpt_path)
-    path = os.path.realpath(ckpt_path)
-    return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 @dataclass
 class Plan:
-    """What is left to do: the run's seed (drawn once for `seed=null`), the indices still to
-    generate (ascending) and how many images were found in earlier shards."""
+    """What is left to do: the run's seed, the indices still to generate (ascending), and how
+    many images were found in how many earlier shards."""
 
     seed: int
     todo: list[int]
@@ -97,43 +77,31 @@ class Plan:
 
 
 class ShardStore:
-    """The shard folder of one run (module docstring). Only rank 0 writes the manifest, deletes
-    bad shards and assembles; every rank writes its own shards."""
+    """The shard folder of one run. Only rank 0 writes the manifest, deletes bad shards and
+    assembles; every rank writes its own shards."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
+        self.manifest_path = self.folder / MANIFEST
 
-    # ------------------------------------------------------------------ the manifest
-    @property
-    def manifest_path(self) -> Path:
-        return self.folder / MANIFEST
+    def check_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings the run continues with: `settings`, with an earlier run's recorded seed
+        when `settings["seed"]` is None (a random seed is drawn once per run).
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest of an earlier run in this folder, or None."""
+        Raises:
+            UserError: the folder holds images made with other settings; names them.
+        """
+        wanted = dict(settings)
         try:
-            return json.loads(self.manifest_path.read_text())
+            recorded = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
-            return None
+            return wanted
         except (OSError, ValueError) as err:
             raise UserError(
                 f"{self.manifest_path} cannot be read ({err}): it records what the images in "
                 f"{self.folder} are; delete the folder to start again, or use another output "
                 "folder."
             ) from None
-
-    def check_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """`settings` against the manifest of an earlier run in this folder, if any.
-
-        Returns the settings the run continues with: `settings`, with the earlier run's seed when
-        `settings["seed"]` is None (a random seed is drawn once per run and recorded).
-
-        Raises:
-            UserError: the folder holds images made with other settings; names them.
-        """
-        recorded = self.read_manifest()
-        if recorded is None:
-            return dict(settings)
-        wanted = dict(settings)
         if wanted.get("seed") is None:
             wanted["seed"] = recorded.get("seed")
         differ = [key for key in wanted if recorded.get(key) != wanted[key]]
@@ -159,7 +127,6 @@ class ShardStore:
         partial.write_text(json.dumps(dict(settings), indent=2, sort_keys=True))
         os.replace(partial, self.manifest_path)
 
-    # ------------------------------------------------------------------ shards
     def write_shard(self, indices: np.ndarray, images: np.ndarray) -> Path:
         """Store one batch: `indices` int `[n]`, `images` uint8 `[n, H, W, C]`."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -168,35 +135,25 @@ class ShardStore:
         return write_npz(self.folder / name, arrays)
 
     def shard_paths(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
         return sorted(p for p in self.folder.glob(f"{SHARD_PREFIX}*.npz") if p.is_file())
-
-    def _read_shard(
-        self, path: Path, num_samples: int, image_hwc: tuple[int, int, int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`(indices, images)` of a shard, checked (raises ValueError and friends if unusable)."""
-        with np.load(path, allow_pickle=False) as data:
-            if set(data.files) != {"indices", "images"}:
-                raise ValueError(f"entries {sorted(data.files)}, not indices and images")
-            indices, images = data["indices"], data["images"]
-        if indices.dtype != np.int64 or indices.ndim != 1:
-            raise ValueError(f"indices of dtype {indices.dtype} and shape {indices.shape}")
-        if images.dtype != np.uint8 or images.shape != (len(indices), *image_hwc):
-            raise ValueError(f"images of dtype {images.dtype} and shape {images.shape}")
-        if len(indices) and (indices.min() < 0 or indices.max() >= num_samples):
-            raise ValueError(f"indices outside 0..{num_samples - 1}")
-        return indices, images
 
     def valid_shards(
         self, num_samples: int, image_hwc: tuple[int, int, int], delete_bad: bool = False
-    ) -> list[tuple[Path, np.ndarray, np.ndarray]]:
-        """`(path, indices, images)` of every readable shard; an unreadable one is skipped
-        (deleted with a warning when `delete_bad`)."""
-        shards = []
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`(indices, images)` of every readable shard; an unreadable one is skipped (deleted
+        with a warning when `delete_bad`)."""
         for path in self.shard_paths():
             try:
-                indices, images = self._read_shard(path, num_samples, image_hwc)
+                with np.load(path, allow_pickle=False) as data:
+                    if set(data.files) != {"indices", "images"}:
+                        raise ValueError(f"entries {sorted(data.files)}, not indices and images")
+                    indices, images = data["indices"], data["images"]
+                if indices.dtype != np.int64 or indices.ndim != 1:
+                    raise ValueError(f"indices of dtype {indices.dtype} and shape {indices.shape}")
+                if images.dtype != np.uint8 or images.shape != (len(indices), *image_hwc):
+                    raise ValueError(f"images of dtype {images.dtype} and shape {images.shape}")
+                if len(indices) and (indices.min() < 0 or indices.max() >= num_samples):
+                    raise ValueError(f"indices outside 0..{num_samples - 1}")
             except Exception as err:  # noqa: BLE001 - any unreadable shard is generated again
                 if delete_bad:
                     log.warning(
@@ -208,28 +165,37 @@ class ShardStore:
                     )
                     path.unlink(missing_ok=True)
                 continue
-            shards.append((path, indices, images))
-        return shards
+            yield indices, images
 
     def plan(self, num_samples: int, image_hwc: tuple[int, int, int], seed: int) -> Plan:
         """Scan the shards (deleting bad ones): which of `range(num_samples)` remain."""
         done = np.zeros(num_samples, dtype=bool)
-        shards = self.valid_shards(num_samples, image_hwc, delete_bad=True)
-        for _, indices, _ in shards:
+        shards = 0
+        for indices, _ in self.valid_shards(num_samples, image_hwc, delete_bad=True):
             done[indices] = True
-        todo = np.flatnonzero(~done).tolist()
-        return Plan(seed=seed, todo=todo, reused=int(done.sum()), shards=len(shards))
+            shards += 1
+        todo, reused = np.flatnonzero(~done).tolist(), int(done.sum())
+        if reused:
+            log.info(
+                "continuing: %d of %d images found in %d shards of %s; generating the other %d",
+                reused,
+                num_samples,
+                shards,
+                self.folder,
+                len(todo),
+            )
+        return Plan(seed=seed, todo=todo, reused=reused, shards=shards)
 
     def assemble(self, num_samples: int, image_hwc: tuple[int, int, int]) -> np.ndarray:
-        """All `num_samples` images, uint8 `[N, H, W, C]` in index order, from the shards
-        (an index written twice, e.g. by a padded sampler, is the same image: the first wins).
+        """All `num_samples` images, uint8 `[N, H, W, C]` in index order (an index written twice,
+        e.g. by a padded sampler, is the same image: the first wins).
 
         Raises:
             RuntimeError: some index is in no shard (generation did not finish).
         """
         images = np.zeros((num_samples, *image_hwc), dtype=np.uint8)
         filled = np.zeros(num_samples, dtype=bool)
-        for _, indices, shard_images in self.valid_shards(num_samples, image_hwc):
+        for indices, shard_images in self.valid_shards(num_samples, image_hwc):
             new = ~filled[indices]
             images[indices[new]] = shard_images[new]
             filled[indices] = True
@@ -242,7 +208,7 @@ class ShardStore:
         return images
 
     def remove(self) -> None:
-        """Delete the shards and the manifest (after `samples.npz` and the results are written)."""
+        """Delete the shards and the manifest (once `samples.npz` and the results are written)."""
         for path in self.shard_paths():
             path.unlink(missing_ok=True)
         self.manifest_path.unlink(missing_ok=True)

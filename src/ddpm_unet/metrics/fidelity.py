@@ -1,33 +1,18 @@
 """FID, KID, Inception Score (and precision/recall) with torch-fidelity, on uint8 images.
 
-torch-fidelity is the reference implementation the numbers are compared with: it resizes uint8
-RGB images to 299x299 the way TensorFlow 1.x did, runs the ported InceptionV3 and computes the
-metrics in float64. This module only adapts our images to what it expects:
-
-* model outputs `[N, C, H, W]` in [-1, 1] -> uint8 `[N, C, H, W]` (`to_uint8`), rounding
-  `(x + 1) * 127.5` as image files would store them;
-* arrays `[N, H, W, C]` (as in `samples.npz`) and float datasets -> datasets of uint8
-  `[3, H, W]` tensors, grey images replicated to 3 channels (Inception takes RGB);
-* result keys shortened: `fid`, `kid_mean`, `kid_std`, `isc_mean`, `isc_std`, `precision`,
-  `recall`, `f_score`.
-
-On the CPU, the slow part of an evaluation, the Inception network runs
-
-* with one thread per core this process may use (`cpu_threads`), unless the user chose a number
-  with `OMP_NUM_THREADS`: after a DDP generation Lightning leaves rank 0 with `cores / ranks`
-  threads;
-* with its weights in channels-last layout (`channels_last_inception`): oneDNN's NHWC
-  convolutions, ~1.5x the images/s of the default layout on this project's 2-core machine. The
-  features differ from the default layout's in the last float bits only.
-
-`benchmarks/inception_speed.py` measures both (`benchmarks/results/inception_cpu.md`).
+torch-fidelity is the reference implementation: it resizes uint8 RGB images to 299x299 as
+TensorFlow 1.x did, runs the ported InceptionV3 and computes in float64. This module adapts our
+images to it (model outputs in [-1, 1] rounded to uint8 as image files store them, grey replicated
+to RGB) and, on the CPU, runs its Inception with a thread per available core and channels-last
+weights (~1.5x faster on a 2-core machine; features differ in the last float bits only;
+`benchmarks/inception_speed.py`, `benchmarks/results/inception_cpu.md`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +23,15 @@ from torch.utils.data import Dataset
 from ddpm_unet.metrics.inception import verified_weights_copy
 from ddpm_unet.utils.errors import UserError
 
-FEATURE_EXTRACTOR = "inception-v3-compat"
-"""torch-fidelity's name of the InceptionV3 extractor (also used by torchmetrics)."""
-
+FEATURE_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's (and torchmetrics') InceptionV3
+# The thread count the user set, read at import: Lightning sets it for DDP ranks later.
 USER_THREADS = os.environ.get("OMP_NUM_THREADS")
-"""The thread count the user set, read at import (before Lightning sets it for DDP ranks)."""
-
-_RESULT_KEYS = {
+_RESULT_KEYS = {  # torch-fidelity's names -> ours; precision, recall and f_score stay
     "frechet_inception_distance": "fid",
     "kernel_inception_distance_mean": "kid_mean",
     "kernel_inception_distance_std": "kid_std",
     "inception_score_mean": "isc_mean",
     "inception_score_std": "isc_std",
-    "precision": "precision",
-    "recall": "recall",
-    "f_score": "f_score",
 }
 
 
@@ -103,20 +82,16 @@ class UInt8Images(Dataset[torch.Tensor]):
 
 class UInt8RGBView(Dataset[torch.Tensor]):
     """A dataset of float images `[C, H, W]` in [-1, 1] (e.g. `reference_dataset()`) seen as uint8
-    `[3, H, W]`, optionally restricted to `indices`."""
+    `[3, H, W]`."""
 
-    def __init__(
-        self, dataset: Dataset[torch.Tensor], indices: Sequence[int] | None = None
-    ) -> None:
+    def __init__(self, dataset: Dataset[torch.Tensor]) -> None:
         self.dataset = dataset
-        self.indices = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = self.dataset[self.indices[index]]
-        return to_rgb(to_uint8(image.unsqueeze(0))[0]).contiguous()
+        return to_rgb(to_uint8(self.dataset[index].unsqueeze(0))[0]).contiguous()
 
 
 def available_cores() -> int:
@@ -132,9 +107,7 @@ def cpu_threads(device: torch.device) -> Iterator[int]:
     """For CPU work on `device`: torch uses every available core inside the block (restored
     after), unless `OMP_NUM_THREADS` was set by the user. Yields the thread count."""
     before = torch.get_num_threads()
-    wanted = before
-    if device.type == "cpu" and not USER_THREADS:
-        wanted = available_cores()
+    wanted = available_cores() if device.type == "cpu" and not USER_THREADS else before
     torch.set_num_threads(wanted)
     try:
         yield wanted
@@ -147,9 +120,8 @@ def channels_last_inception(device: torch.device) -> Iterator[None]:
     """Inside the block, torch-fidelity builds its InceptionV3 with channels-last weights when
     `device` is the CPU (measured there; GPUs keep the library's default).
 
-    torch-fidelity creates its extractor from its registry by name; the entry is swapped for a
-    subclass for the duration of the block only, under the same name, so cache file names and
-    everything else stay torch-fidelity's."""
+    The entry of torch-fidelity's extractor registry is swapped for a subclass for the block only,
+    under the same name, so cache file names and everything else stay torch-fidelity's."""
     if device.type != "cpu":
         yield
         return
@@ -157,8 +129,6 @@ def channels_last_inception(device: torch.device) -> Iterator[None]:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     class ChannelsLastInception(FeatureExtractorInceptionV3):
-        """torch-fidelity's InceptionV3 with NHWC weights (convolutions then run NHWC)."""
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.to(memory_format=torch.channels_last)
@@ -171,11 +141,6 @@ def channels_last_inception(device: torch.device) -> Iterator[None]:
         FEATURE_EXTRACTORS_REGISTRY[FEATURE_EXTRACTOR] = original
 
 
-def default_cache_root() -> Path:
-    """torch-fidelity's default cache folder, `$TORCH_HOME/fidelity_cache`."""
-    return Path(torch.hub.get_dir()).parent / "fidelity_cache"
-
-
 def fidelity_metrics(
     samples: Dataset[torch.Tensor],
     reference: Dataset[torch.Tensor],
@@ -186,7 +151,6 @@ def fidelity_metrics(
     isc: bool = True,
     prc: bool = False,
     feature_layer_fid: str = "2048",
-    feature_layer_kid: str | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     isc_splits: int = 10,
@@ -196,7 +160,6 @@ def fidelity_metrics(
     cache_root: str | os.PathLike[str] | None = None,
     save_cpu_ram: bool = False,
     verbose: bool = False,
-    **extra: Any,
 ) -> dict[str, float]:
     """torch-fidelity's `calculate_metrics` with `samples` as input1 and `reference` as input2.
 
@@ -208,15 +171,13 @@ def fidelity_metrics(
         fid, kid, isc, prc: which metrics; ISC is computed on `samples` only. Precision/recall use
             the Inception 2048-d features (torch-fidelity's default for them is VGG-16, whose
             weights would be a second download), so they are not comparable with VGG-based ones.
-        feature_layer_fid, feature_layer_kid: Inception layer of FID/KID ("64", "192", "768",
-            "2048"; KID defaults to FID's layer).
+        feature_layer_fid: Inception layer of FID and KID ("64", "192", "768", "2048").
         kid_subset_size: clamped to the smaller set's size (torch-fidelity refuses larger ones).
         reference_cache_name: when given, the reference features are cached under this name in
-            `cache_root` (default `$TORCH_HOME/fidelity_cache`) as `.npz` files and read back
-            next time (see `reference_stats.torch_fidelity_cache`).
+            `cache_root` (default torch-fidelity's, `$TORCH_HOME/fidelity_cache`) as `.npz` files
+            and read back next time (`reference_stats.torch_fidelity_cache`).
         save_cpu_ram: load in the main process (no DataLoader workers) and compute
             precision/recall in parts.
-        extra: further `calculate_metrics` keyword arguments.
 
     Returns:
         `{"fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "f_score"}`,
@@ -233,51 +194,48 @@ def fidelity_metrics(
             f"FID/KID need at least 2 images per set, got {n_samples} samples and {n_reference} "
             "reference images."
         )
-    device = torch.device(device)
-    kwargs: dict[str, Any] = {
-        "input1": samples,
-        "input2": reference if (fid or kid or prc) else None,
-        "fid": fid,
-        "kid": kid,
-        "isc": isc,
-        "prc": prc,
-        # One extractor (Inception) for all metrics, also for precision/recall.
-        "feature_extractor": FEATURE_EXTRACTOR,
-        "feature_layer_fid": str(feature_layer_fid),
-        "feature_layer_kid": str(feature_layer_kid or feature_layer_fid),
-        "feature_layer_prc": "2048",
-        "kid_subsets": kid_subsets,
-        "kid_subset_size": min(kid_subset_size, n_samples, n_reference),
-        "isc_splits": isc_splits,
-        "batch_size": batch_size,
-        "cuda": device.type == "cuda",
-        "save_cpu_ram": save_cpu_ram,
-        "verbose": verbose,
-        "cache": reference_cache_name is not None,
-        "input2_cache_name": reference_cache_name,
-        **extra,
-    }
     if isc and n_samples < isc_splits:
         raise UserError(
             f"the Inception Score splits the {n_samples} samples into isc_splits={isc_splits} "
             "groups: use more samples or fewer splits."
         )
-    # torch-fidelity unpickles the weights file unrestricted: it gets a private copy written
-    # from the checked tensors, never the user's file.
+    from ddpm_unet.metrics.reference_stats import torch_fidelity_cache
+
+    device = torch.device(device)
+    # torch-fidelity unpickles the weights file and its cache files unrestricted: it gets private
+    # copies written from checked tensors and validated arrays, never the user's files.
+    if reference_cache_name is None:
+        cache: AbstractContextManager[Path | None] = nullcontext()
+    else:
+        cache = torch_fidelity_cache(cache_root, reference_cache_name)
     with (
         verified_weights_copy(weights_path) as weights_copy,
+        cache as private_cache_root,
         cpu_threads(device),
         channels_last_inception(device),
     ):
-        kwargs["feature_extractor_weights_path"] = os.fspath(weights_copy)
-        if reference_cache_name is None:
-            raw = torch_fidelity.calculate_metrics(**kwargs)
-        else:
-            # Its cache files likewise: a private folder holding only files written from
-            # validated arrays, never the cache folder itself.
-            from ddpm_unet.metrics.reference_stats import torch_fidelity_cache
-
-            root = cache_root if cache_root is not None else default_cache_root()
-            with torch_fidelity_cache(root, reference_cache_name) as private_root:
-                raw = torch_fidelity.calculate_metrics(**kwargs, cache_root=os.fspath(private_root))
+        raw = torch_fidelity.calculate_metrics(
+            input1=samples,
+            input2=reference if (fid or kid or prc) else None,
+            fid=fid,
+            kid=kid,
+            isc=isc,
+            prc=prc,
+            # One extractor (Inception) for all metrics, also for precision/recall.
+            feature_extractor=FEATURE_EXTRACTOR,
+            feature_extractor_weights_path=os.fspath(weights_copy),
+            feature_layer_fid=str(feature_layer_fid),
+            feature_layer_kid=str(feature_layer_fid),
+            feature_layer_prc="2048",
+            kid_subsets=kid_subsets,
+            kid_subset_size=min(kid_subset_size, n_samples, n_reference),
+            isc_splits=isc_splits,
+            batch_size=batch_size,
+            cuda=device.type == "cuda",
+            save_cpu_ram=save_cpu_ram,
+            verbose=verbose,
+            cache=reference_cache_name is not None,
+            input2_cache_name=reference_cache_name,
+            cache_root=private_cache_root,
+        )
     return {_RESULT_KEYS.get(k, k): float(v) for k, v in raw.items()}

@@ -1,31 +1,22 @@
 """The real images of FID/KID, and the cache of their Inception features.
 
-The reference side of FID is the same for every evaluation of every checkpoint trained on one
-dataset, and on a CPU it is the slow side (50,000 CIFAR-10 images through InceptionV3). So its
-features are computed once and cached: files `<name>-inception-v3-compat-features-<layer>.npz`
-(key `tensor`, float `[N, D]`) and `<name>-inception-v3-compat-stat-fid-<layer>.npz` (keys `mu`
-`[D]`, `sigma` `[D, D]`), torch-fidelity's cache entries under its own names.
+The reference side is the same for every evaluation on one dataset, and on a CPU the slow side
+(50,000 CIFAR-10 images through InceptionV3), so its features are cached under torch-fidelity's
+own entry names: `<name>-inception-v3-compat-features-<layer>.npz` (key `tensor`, float `[N, D]`)
+and `<name>-inception-v3-compat-stat-fid-<layer>.npz` (keys `mu` `[D]`, `sigma` `[D, D]`).
 
-The cache folder is data, never code: torch-fidelity unpickles its cache files without
-restriction, so it never sees the folder. Entries are `.npz` files read with
-`np.load(allow_pickle=False)` (numbers only); `torch_fidelity_cache` copies the valid ones into a
-private folder that torch-fidelity uses as its `cache_root` for one call, and stores what it
-computed there back as `.npz`. An unreadable entry (empty, truncated, damaged, pickled objects,
-unexpected arrays) is deleted with one warning naming it and recomputed; `validate_reference_cache`
-does this check before the (slow) sampling of `eval.py`.
+The cache folder is data, never code: torch-fidelity unpickles its cache files unrestricted, so it
+only sees a private folder (`torch_fidelity_cache`) holding copies of the `.npz` entries that
+`np.load(allow_pickle=False)` read as valid; what it computes there is stored back as `.npz`. An
+unreadable entry is deleted with one warning and recomputed (`validate_reference_cache` checks
+before the slow sampling of `eval.py`).
 
-The cache name has to change whenever the statistics would:
-
-    <dataset>-<split>-<size>px-<channels>ch-n<number of images>-<12 hex digits>
-
-The readable part says what the statistics are of; the hash covers everything else that changes
-them: the data settings that select or transform images (`val_fraction` and `seed` of random
-splits, `max_bad_files`), the transform itself (its `repr`, so a changed resize shows), the
-subset seed, the source files (the list of files with sizes and modification times for image
-folders; torchvision's datasets are fixed by the checksums torchvision verifies, digits by the
-scikit-learn version), the SHA-256 of the Inception weights file, the torch-fidelity version and
-the uint8 conversion. The inputs of the hash are written next to the cache files as
-`<name>.json`, so a cache directory can be read by a person.
+The cache name, `<dataset>-<split>-<size>px-<channels>ch-n<images>-<12 hex digits>`, changes
+whenever the statistics would: the hash covers the data settings that select or transform images
+(`DATA_KEYS`, the transform's `repr`), the subset seed, the source files (list, sizes and mtimes
+for image folders; torchvision verifies its datasets' checksums; digits: the scikit-learn
+version), the Inception weights' SHA-256, the torch-fidelity version and the uint8 conversion.
+Its inputs are written beside the entries as `<name>.json`, for people.
 """
 
 from __future__ import annotations
@@ -44,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, UInt8RGBView
 from ddpm_unet.metrics.inception import weights_fingerprint
@@ -51,15 +43,13 @@ from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_SUFFIX = ".npz"
-"""Cache entries are numpy archives: numbers only, nothing to unpickle."""
-
-UINT8_CONVERSION = "round((x+1)*127.5), grey->RGB by replication, v1"
-"""Part of the cache key: change it when `to_uint8`/`to_rgb` change."""
-
+CACHE_SUFFIX = ".npz"  # numpy archives: numbers only, nothing to unpickle
+UINT8_CONVERSION = "round((x+1)*127.5), grey->RGB by replication, v1"  # change with to_uint8/to_rgb
+# Data settings that select or change the reference images (batch size, workers, training flips
+# and download do not: reference images are never flipped).
 DATA_KEYS = ("dataset", "image_size", "image_channels", "val_fraction", "seed", "max_bad_files")
-"""Data settings that select or change the reference images (batch size, workers, flips of
-training batches and download do not: reference images are never flipped)."""
+# A torch-fidelity cache item: features `[N, D]` (tensor) or FID statistics `{mu, sigma}`.
+CacheItem = torch.Tensor | dict[str, np.ndarray]
 
 
 def select_indices(total: int, num: int | None, seed: int = 0) -> list[int]:
@@ -74,37 +64,31 @@ def select_indices(total: int, num: int | None, seed: int = 0) -> list[int]:
 
 
 def source_fingerprint(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies the source files of the dataset (see the module docstring)."""
+    """What identifies the source files of the dataset (module docstring)."""
     dataset = data_cfg["dataset"]
     if dataset == "folder":
         from ddpm_unet.data.folder import find_image_files
 
         root = Path(os.path.expanduser(os.fspath(data_cfg["root"])))
-        digest = hashlib.sha256()
-        count = 0
-        for path in find_image_files(root):
+        files, digest = find_image_files(root), hashlib.sha256()
+        for path in files:
             stat = path.stat()
             rel = path.relative_to(root).as_posix()
             digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            count += 1
-        return {"files": count, "files_sha256": digest.hexdigest()}
+        return {"files": len(files), "files_sha256": digest.hexdigest()}
     if dataset == "digits":
         import sklearn
 
         return {"scikit-learn": sklearn.__version__}
     import torchvision
 
-    # The official files are verified against their published checksums by torchvision.
     return {"torchvision": torchvision.__version__}
 
 
 @dataclass
 class ReferenceSet:
-    """The real images of an evaluation and the name of their cached features.
-
-    `images` yields uint8 `[3, H, W]` tensors (grey replicated); `cache_name` is the torch-fidelity
-    cache name; `key` is what its hash was made of.
-    """
+    """The real images of an evaluation (uint8 `[3, H, W]` items), the torch-fidelity cache name
+    of their features, and the `key` its hash was made of."""
 
     images: UInt8RGBView
     cache_name: str
@@ -128,7 +112,7 @@ def build_reference_set(
     datamodule = instantiate(dict(data_cfg), _convert_="object")
     dataset = datamodule.reference_dataset(split)
     indices = select_indices(len(dataset), num_images, subset_seed)
-    images = UInt8RGBView(dataset, indices)
+    images = UInt8RGBView(Subset(dataset, indices))
     name, key = reference_cache_name(
         data_cfg,
         split,
@@ -178,26 +162,13 @@ def reference_cache_name(
 
 def cache_files(cache_root: str | os.PathLike[str], cache_name: str) -> dict[str, int]:
     """The cache entries (`.npz`) of `cache_name` in `cache_root`, with their mtimes (ns)."""
-    root = Path(cache_root)
-    if not root.is_dir():
-        return {}
-    prefix = f"{cache_name}-"
-    return {
-        p.name: p.stat().st_mtime_ns
-        for p in root.iterdir()
-        if p.name.startswith(prefix) and p.suffix == CACHE_SUFFIX and p.is_file()
-    }
-
-
-CacheItem = torch.Tensor | dict[str, np.ndarray]
-"""A torch-fidelity cache item: features `[N, D]` (tensor) or FID statistics `{mu, sigma}`."""
+    entries = Path(cache_root).glob(f"{cache_name}-*{CACHE_SUFFIX}")
+    return {p.name: p.stat().st_mtime_ns for p in entries if p.is_file()}
 
 
 def read_cache_entry(path: str | os.PathLike[str]) -> CacheItem:
-    """One cache entry as torch-fidelity holds it in memory, read from its `.npz` file.
-
-    `np.load(allow_pickle=False)`: the file can hold numbers only. Key `tensor` (float `[N, D]`
-    features) gives a tensor; keys `mu` (`[D]`) and `sigma` (`[D, D]`) the FID statistics dict.
+    """One cache entry as torch-fidelity holds it in memory, read from its `.npz` file with
+    `np.load(allow_pickle=False)` (numbers only): a tensor or the FID statistics dict.
 
     Raises:
         ValueError, OSError, EOFError, zipfile.BadZipFile: not such a file (see `_cache_problem`).
@@ -271,24 +242,20 @@ def _valid_entries(
 
 
 def validate_reference_cache(cache_root: str | os.PathLike[str], cache_name: str) -> list[Path]:
-    """Read every cache entry of `cache_name` now; delete (with a warning) the unreadable ones.
-
-    Called by `eval.py` before sampling, so a damaged entry costs a recomputation, never a
-    failure after the slow part. Returns the valid entries.
-    """
+    """The valid cache entries of `cache_name`, read now; the unreadable ones are deleted (with a
+    warning), so they cost a recomputation, never a failure after `eval.py`'s sampling."""
     return [path for path, _ in _valid_entries(cache_root, cache_name)]
 
 
 @contextmanager
-def torch_fidelity_cache(cache_root: str | os.PathLike[str], cache_name: str) -> Iterator[Path]:
-    """A private `cache_root` for one torch-fidelity call on the reference set `cache_name`.
-
-    torch-fidelity unpickles its cache files without restriction; here it only ever reads
-    files written a moment before by this function from validated `.npz` arrays. Entries it
-    computes in the private folder are stored back into `cache_root` as `.npz` (read as data,
-    `weights_only=True`) when the call succeeds. The folder is removed afterwards.
-    """
-    root = Path(cache_root)
+def torch_fidelity_cache(
+    cache_root: str | os.PathLike[str] | None, cache_name: str
+) -> Iterator[Path]:
+    """A private `cache_root` for one torch-fidelity call on the reference set `cache_name`,
+    holding copies of its valid `.npz` entries; what torch-fidelity computes there is stored back
+    into `cache_root` (default torch-fidelity's, `$TORCH_HOME/fidelity_cache`) as `.npz` when the
+    call succeeds (read with `weights_only=True`)."""
+    root = Path(cache_root or Path(torch.hub.get_dir()).parent / "fidelity_cache")
     root.mkdir(parents=True, exist_ok=True)
     # Beside the cache (same filesystem): the features of 50,000 images are hundreds of MB.
     with tempfile.TemporaryDirectory(prefix=".torch-fidelity-", dir=root) as folder:
@@ -317,9 +284,8 @@ def _read_computed(path: Path) -> CacheItem:
 
 def write_cache_info(
     cache_root: str | os.PathLike[str], cache_name: str, key: Mapping[str, Any]
-) -> Path:
+) -> None:
     """`<cache_root>/<cache_name>.json`: the inputs of the cache name's hash, for people."""
     path = Path(cache_root) / f"{cache_name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(key), indent=2, sort_keys=True, default=str))
-    return path

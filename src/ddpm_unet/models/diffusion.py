@@ -2,16 +2,13 @@
 
 Independent of Lightning, of the network and of the samplers: any `model(x_t, t)` works, where
 `x_t` is `[batch, channels, height, width]` and `t` a `[batch]` tensor of integer steps in
-`[0, T)`. The noise schedule comes from the registry in `models/schedules.py`; the samplers
-(`models/samplers/`) ask this class to turn a model output into `(x0, eps)` whatever the target.
+`[0, T)`. The samplers (`models/samplers/`) ask this class to turn a model output into
+`(x0, eps)` whatever the target.
 
 Notation (Ho et al. 2020): `alpha_t = 1 - beta_t`, `alpha_bar_t = prod_{s<=t} alpha_s`,
 `q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)`. Steps are 0-indexed, so the
-paper's `t = 1..T` is `t = 0..T-1` here. The prediction targets:
-
-* `eps`: the noise (Ho et al.);
-* `x0`: the clean image;
-* `v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0` (Salimans & Ho 2022).
+paper's `t = 1..T` is `t = 0..T-1` here. The targets: `eps` (the noise, Ho et al.), `x0` (the
+clean image), `v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0` (Salimans & Ho 2022).
 """
 
 from __future__ import annotations
@@ -26,53 +23,17 @@ from torch import nn
 from ddpm_unet.models.schedules import as_kwargs, make_betas
 from ddpm_unet.utils.rules import POSITIVE, Choice, Rule, check_arguments
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PredictionType = Literal["eps", "x0", "v"]
-VarianceType = Literal["beta", "posterior"]
-LossWeighting = Literal["uniform", "min_snr"]
-
-PREDICTION_TYPES = ("eps", "x0", "v")
-DIFFUSION_RULES = (
-    Choice("prediction_type", PREDICTION_TYPES),
+DIFFUSION_RULES = (  # single-valued arguments, under `model.diffusion.` in the config
+    Choice("prediction_type", ("eps", "x0", "v")),
     Choice("variance", ("beta", "posterior")),
     Choice("loss_weighting", ("uniform", "min_snr")),
     Rule("min_snr_gamma", POSITIVE, "5.0"),  # Hang et al. use 5
 )
-"""`GaussianDiffusion`'s single-valued arguments (under `model.diffusion.` in the config)."""
 
 
 def _extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Pick `values[t]` per sample and shape it `[batch, 1, 1, ...]` to broadcast over images."""
     return values.gather(0, t).reshape(t.shape[0], *([1] * (ndim - 1)))
-
-
-def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weight per step (Hang et al. 2023), `[T]` like `snr`.
-
-    The weight `min(SNR, gamma)` is meant for the x0 loss; the eps and v losses are the x0 loss
-    times `SNR` and `SNR + 1` respectively, so their weights are divided by those factors:
-    eps: `min(SNR, gamma) / SNR`, x0: `min(SNR, gamma)`, v: `min(SNR, gamma) / (SNR + 1)`.
-    """
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "eps":
-        return clipped / snr
-    if prediction_type == "x0":
-        return clipped
-    return clipped / (snr + 1)
-
-
-def legacy_diffusion_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """`GaussianDiffusion` arguments of a checkpoint written before `schedule_kwargs` existed.
-
-    Those held `beta_start`/`beta_end` flat, whatever the schedule (cosine ignored them): they
-    move into `schedule_kwargs` for `linear` and are dropped otherwise. Newer arguments pass
-    through unchanged.
-    """
-    out = dict(kwargs)
-    flat = {k: out.pop(k) for k in ("beta_start", "beta_end") if k in out}
-    if flat and out.get("schedule", "linear") == "linear" and "schedule_kwargs" not in out:
-        out["schedule_kwargs"] = flat
-    return out
 
 
 class GaussianDiffusion(nn.Module):
@@ -81,18 +42,16 @@ class GaussianDiffusion(nn.Module):
     Args:
         num_timesteps: `T`.
         schedule: a name registered in `models/schedules.py` (`linear`, `cosine`, `sigmoid`).
-        schedule_kwargs: that schedule's arguments (`{}`: its defaults); one it does not take
-            is refused.
+        schedule_kwargs: that schedule's arguments (None: its defaults).
         prediction_type: what the network predicts: `eps`, `x0` or `v`.
         variance: DDPM sampling variance: `beta` (sigma^2 = beta_t) or `posterior` (beta tilde).
         clip_x0: samplers clip predicted `x0` to [-1, 1] (the data range).
         loss_weighting: `uniform` (the simple MSE of the target) or `min_snr`.
         min_snr_gamma: gamma of Min-SNR weighting.
 
-    An `nn.Module` only so that its float32 schedule tensors follow `.to(device)`; they are
-    non-persistent buffers (derived from the arguments, so checkpoints do not store them). The
-    float64 tables (`alpha_bar64`, `betas64`) stay on the CPU: samplers read them as Python
-    floats, so every sampling coefficient is computed in float64 and cast once.
+    An `nn.Module` only so that its float32 schedule tensors follow `.to(device)` (non-persistent
+    buffers: checkpoints do not store them). The float64 tables (`alpha_bar64`, `betas64`) stay on
+    the CPU: samplers compute every coefficient from them in float64 and cast it once.
     """
 
     def __init__(
@@ -100,10 +59,10 @@ class GaussianDiffusion(nn.Module):
         num_timesteps: int = 1000,
         schedule: str = "linear",
         schedule_kwargs: Mapping[str, Any] | None = None,
-        prediction_type: PredictionType = "eps",
-        variance: VarianceType = "beta",
+        prediction_type: Literal["eps", "x0", "v"] = "eps",
+        variance: Literal["beta", "posterior"] = "beta",
         clip_x0: bool = True,
-        loss_weighting: LossWeighting = "uniform",
+        loss_weighting: Literal["uniform", "min_snr"] = "uniform",
         min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
@@ -111,32 +70,26 @@ class GaussianDiffusion(nn.Module):
         # arguments are checked by `make_betas` below. The early config check builds this object.
         check_arguments(locals(), DIFFUSION_RULES, prefix="model.diffusion.")
         self.num_timesteps = num_timesteps
-        self.schedule = schedule
-        self.schedule_kwargs = as_kwargs(schedule_kwargs)
         self.prediction_type = prediction_type
         self.variance = variance
         self.clip_x0 = clip_x0
         self.loss_weighting = loss_weighting
-        self.min_snr_gamma = min_snr_gamma
-        betas = make_betas(schedule, num_timesteps, **self.schedule_kwargs)
-        alphas = 1.0 - betas
-        alpha_bar = torch.cumprod(alphas, dim=0)
+        self.betas64 = make_betas(schedule, num_timesteps, **as_kwargs(schedule_kwargs))
+        self.alpha_bar64 = alpha_bar = torch.cumprod(1.0 - self.betas64, dim=0)
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
-        # Posterior q(x_{t-1} | x_t, x_0) = N(c0 * x_0 + ct * x_t, posterior_variance).
-        posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        # Min-SNR-gamma (Hang et al. 2023) shrinks the loss at nearly clean steps, whose easy
+        # targets otherwise slow training down. `min(SNR, gamma)` weights the x0 loss; the eps and
+        # v losses are the x0 loss times SNR and SNR + 1, so their weights are divided by those.
         snr = alpha_bar / (1 - alpha_bar)  # signal-to-noise ratio of x_t
-        self.betas64 = betas
-        self.alpha_bar64 = alpha_bar
+        to_x0_loss = {"eps": snr, "x0": 1.0, "v": snr + 1}[prediction_type]
         buffers = {
-            "betas": betas,
+            "betas": self.betas64,
             "alpha_bar": alpha_bar,
-            "alpha_bar_prev": alpha_bar_prev,
             "sqrt_alpha_bar": alpha_bar.sqrt(),
             "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
-            "posterior_variance": posterior_variance,
-            # Min-SNR-gamma weight of this target's loss: it shrinks at nearly clean steps,
-            # whose easy targets otherwise slow training down (see `min_snr_weight`).
-            "min_snr_weight": min_snr_weight(snr, min_snr_gamma, prediction_type),
+            # of the posterior q(x_{t-1} | x_t, x_0)
+            "posterior_variance": self.betas64 * (1 - alpha_bar_prev) / (1 - alpha_bar),
+            "min_snr_weight": snr.clamp(max=min_snr_gamma) / to_x0_loss,
         }
         for name, value in buffers.items():
             # Computed in float64 for accuracy near t = 0, stored in float32 for training.
@@ -165,17 +118,9 @@ class GaussianDiffusion(nn.Module):
             - _extract(self.sqrt_one_minus_alpha_bar, t, x0.ndim) * x0
         )
 
-    def sample_timesteps(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Uniform integer steps `[batch_size]` in `[0, T)`."""
-        return torch.randint(
-            0, self.num_timesteps, (batch_size,), device=device, generator=generator
-        )
-
     def loss(
         self,
-        model: EpsModel,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         x0: torch.Tensor,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
@@ -183,11 +128,11 @@ class GaussianDiffusion(nn.Module):
         """`|| target - model(x_t, t) ||^2` averaged over pixels and images; a scalar.
 
         With `loss_weighting="uniform"` this is DDPM's simple loss (for `eps`); with `"min_snr"`
-        each image's squared error is weighted by `min_snr_weight[t]` of the target. `t` and
-        `noise` are drawn when not given; pass them to evaluate on fixed draws.
+        each image's squared error is weighted by `min_snr_weight[t]` of the target. `t` (uniform
+        in `[0, T)`) and `noise` are drawn when not given; pass them to evaluate on fixed draws.
         """
         if t is None:
-            t = self.sample_timesteps(x0.shape[0], x0.device)
+            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
@@ -208,22 +153,18 @@ class GaussianDiffusion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's `output` at step `t` on `x_t` (both `[batch, C, H, W]`) -> `(x0, eps)`.
 
-        The coefficients are float64 Python numbers, cast once when they meet the tensors.
         With `clip_x0`, `x0` is clipped to [-1, 1] and `eps` recomputed from the clipped `x0`,
         so that `x_t = sqrt(a) x0 + sqrt(1 - a) eps` still holds and samplers stay on their path.
         """
         a = self.alpha_bar_at(t)
-        sqrt_a, sqrt_1ma = math.sqrt(a), math.sqrt(1.0 - a)
+        sqrt_a, sqrt_1ma = math.sqrt(a), math.sqrt(1.0 - a)  # float64, cast once on the tensors
         output = output.float()
         if self.prediction_type == "eps":
-            x0 = (x_t - sqrt_1ma * output) / sqrt_a
-            eps = output
+            x0, eps = (x_t - sqrt_1ma * output) / sqrt_a, output
         elif self.prediction_type == "x0":
-            x0 = output
-            eps = (x_t - sqrt_a * x0) / sqrt_1ma
+            x0, eps = output, (x_t - sqrt_a * output) / sqrt_1ma
         else:  # v
-            x0 = sqrt_a * x_t - sqrt_1ma * output
-            eps = sqrt_a * output + sqrt_1ma * x_t
+            x0, eps = sqrt_a * x_t - sqrt_1ma * output, sqrt_a * output + sqrt_1ma * x_t
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x_t - sqrt_a * x0) / sqrt_1ma

@@ -1,19 +1,10 @@
-"""The LightningModule: trains an eps-network with a diffusion process, keeps its EMA weights.
+"""The LightningModule: trains a network with a diffusion process, keeps its EMA weights.
 
-It receives its parts built (as lightning-hydra-template's modules do): the network (`net`, any
-`nn.Module` with `forward(x, t)`, e.g. `models/unet.py`), the diffusion process
-(`models/diffusion.py`), and the optimiser and learning-rate schedule as partial callables
-(`_partial_: true` in `configs/model/*.yaml`). The configs say what is built; this module says
-how it trains:
-
-* `train/loss`: the diffusion loss on random steps and noise;
-* `val/loss` and `val/loss_ema`: the same loss of the raw and of the EMA weights, on steps and
-  noise drawn from a generator seeded per validation batch, so the numbers are comparable between
-  epochs (and between the two weight sets);
-* an exponential moving average of the weights (`torch.optim.swa_utils.AveragedModel`), updated
-  once per optimiser step (not per micro-batch under gradient accumulation), saved in checkpoints
-  and used for sampling;
-* optional `torch.compile` of the training forward.
+It receives its parts built by Hydra, as lightning-hydra-template's modules do (see "Beyond the
+network" in `docs/design.md`), and logs `train/loss`, and `val/loss` and `val/loss_ema` (the raw
+and the EMA weights on the same seeded steps and noise, so they compare across epochs and with
+each other). The EMA (`torch.optim.swa_utils.AveragedModel`) is updated once per optimiser step,
+saved in checkpoints and used for sampling.
 """
 
 from __future__ import annotations
@@ -38,12 +29,7 @@ from ddpm_unet.models.samplers import DDPM, Sampler
 from ddpm_unet.models.samplers.base import Progress
 from ddpm_unet.utils.rules import DECAY, SEED, Rule, check_arguments
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-"""`optimizer(params) -> Optimizer`: a `_partial_` optimiser (lr, betas, ... bound)."""
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-"""`scheduler(optimizer, total_steps=N) -> LRScheduler`, stepped once per optimiser step."""
-LIT_RULES = (Rule("ema_decay", DECAY, "0.9999"), Rule("val_seed", SEED, "1234"))
-"""`LitDiffusion`'s single-valued arguments (under `model.` in the config)."""
+LIT_RULES = (Rule("ema_decay", DECAY, "0.9999"), Rule("val_seed", SEED, "1234"))  # `model.*`
 
 
 class EMAUpdate:
@@ -68,20 +54,16 @@ class EMAUpdate:
 
 
 class LitDiffusion(L.LightningModule):
-    """Diffusion training of an eps-network `net`.
+    """Diffusion training of a network `net`.
 
-    * `net`: the network, `net(x [b, C, H, W], t [b]) -> [b, C, H, W]` (a `UNet`, or any module
-      with that call)
-    * `diffusion`: the process (`GaussianDiffusion`): loss and samplers
-    * `optimizer`: `optimizer(params)` builds the optimiser (`_partial_` in the config)
-    * `scheduler`: `scheduler(optimizer, total_steps=...)` builds the per-step learning-rate
-      schedule, or None for a constant rate
-    * `image_size`, `image_channels`: shape of the training images (used for sampling)
-    * `ema_decay`, `ema_warmup`: EMA of the weights (see `EMAUpdate`)
+    * `net`: `net(x [b, C, H, W], t [b]) -> [b, C, H, W]` (a `UNet`, or any module with that call)
+    * `optimizer`: `optimizer(params)`; `scheduler`: `scheduler(optimizer, total_steps=...)`, a
+      learning-rate schedule stepped once per optimiser step, or None for a constant rate
+    * `image_size`, `image_channels` (default: the net's): the training images' shape
+    * `ema_decay`, `ema_warmup`: see `EMAUpdate`; `val_seed`: of the validation steps and noise
     * `compile`: wrap the training forward in `torch.compile`
-    * `channels_last`: keep weights and batches in NHWC layout (faster convolutions on GPUs and on
+    * `channels_last`: weights and batches in NHWC layout (faster convolutions on GPUs and on
       CPUs with several threads; same results)
-    * `val_seed`: seed of the fixed validation steps and noise
     * `run_config`: the resolved run configuration (plain data), stored in checkpoints so that
       `sample.py`/`eval.py` can rebuild the dataset and model from a checkpoint alone
 
@@ -92,8 +74,8 @@ class LitDiffusion(L.LightningModule):
         self,
         net: nn.Module,
         diffusion: GaussianDiffusion,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         image_size: int = 32,
         image_channels: int | None = None,
         ema_decay: float = 0.9999,
@@ -131,7 +113,6 @@ class LitDiffusion(L.LightningModule):
         )
         # The average is not trained: without this DDP would wait for its gradients.
         self.ema.requires_grad_(False)
-        self._ema_step = 0  # the optimiser step the average last took in
         self._compiled_net: Any = None  # set in configure_model when `compile`
 
     # ----------------------------------------------------------------- set-up
@@ -147,10 +128,8 @@ class LitDiffusion(L.LightningModule):
 
     # ----------------------------------------------------------------- training
     def _in_layout(self, batch: torch.Tensor) -> torch.Tensor:
-        """A batch `[batch, C, H, W]` in the weights' layout (NHWC with `channels_last`).
-
-        Done in the steps, not in `on_after_batch_transfer`: with a DataModule, Lightning warns
-        that the module's transfer hooks compete with the DataModule's."""
+        """A batch `[batch, C, H, W]` in the weights' layout (NHWC with `channels_last`). Not in
+        `on_after_batch_transfer`: Lightning warns that it competes with the DataModule's."""
         return batch.contiguous(memory_format=self.memory_format)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -161,16 +140,11 @@ class LitDiffusion(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
-    def on_train_start(self) -> None:
-        # After a resume the average already holds the steps before `global_step`.
-        self._ema_step = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Once per optimiser step: under gradient accumulation `global_step` advances only on the
-        # micro-batch that steps the optimiser (the test of this is in tests/test_lit_module.py).
-        if self.trainer.global_step > self._ema_step:
-            self.ema.update_parameters(self.net)
-            self._ema_step = self.trainer.global_step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Lightning calls this once per optimiser step, not per micro-batch under gradient
+        # accumulation (tested in tests/test_lit_module.py).
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update_parameters(self.net)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         batch = self._in_layout(batch)
@@ -178,12 +152,12 @@ class LitDiffusion(L.LightningModule):
         # shared by the raw and the EMA weights, so their losses compare.
         gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (batch.shape[0],), generator=gen)
-        t, noise = t.to(self.device), torch.randn(batch.shape, generator=gen).to(self.device)
-        noise = noise.to(batch.dtype)
+        noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
+        t = t.to(self.device)
         loss = self.diffusion.loss(self.net, batch, t, noise)
         loss_ema = self.diffusion.loss(self.ema.module, batch, t, noise)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("val/loss_ema", loss_ema, on_epoch=True, prog_bar=True, sync_dist=True)
+        losses = {"val/loss": loss, "val/loss_ema": loss_ema}
+        self.log_dict(losses, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -225,30 +199,20 @@ class LitDiffusion(L.LightningModule):
         use_ema: bool = True,
         progress: Progress = False,
         indices: Sequence[int] | None = None,
-        model_batch: int = DEFAULT_MODEL_BATCH,
     ) -> torch.Tensor:
-        """Images of a run of `num_samples`: `[len(indices), image_channels, image_size,
-        image_size]` in [-1, 1] (all `num_samples` when `indices` is None).
-
-        Through `ddpm_unet.generation.generate_images`, as `sample.py` and `eval.py`: image `i`
-        depends only on `seed`, `sampler` and `i` (and `model_batch`), whatever `batch_size`
-        and whichever other indices are asked for with it; a DDP rank can make its share
-        (`indices=range(rank, num_samples, world_size)`). `sampler`: DDPM over all T steps when
-        None; EMA weights unless `use_ema=False`; `seed=None`: a random one; `batch_size` bounds
-        memory (default: all at once); `progress`: True for a bar per batch, or a callable
-        wrapping each batch's step indices.
+        """Images `indices` (default: all) of a run of `num_samples`, `[len(indices),
+        image_channels, image_size, image_size]` in [-1, 1], by `generation.core.generate_images`
+        (image `i` depends only on `seed`, `sampler` and `i`). `sampler`: DDPM over all T steps
+        when None; `seed=None`: a random one; the other arguments as `generate_images`.
         """
-        sampler = DDPM() if sampler is None else sampler
-        model = self.ema.module if use_ema else self.net
-        shape = (self.image_channels, self.image_size, self.image_size)
         return generate_images(
-            model,
+            self.ema.module if use_ema else self.net,
             self.diffusion,
-            sampler,
+            DDPM() if sampler is None else sampler,
             range(num_samples) if indices is None else indices,
             random_seed() if seed is None else seed,
-            shape,
-            effective_model_batch(model_batch, num_samples),
+            (self.image_channels, self.image_size, self.image_size),
+            effective_model_batch(DEFAULT_MODEL_BATCH, num_samples),
             batch_size=batch_size,
             progress=progress,
         )

@@ -1,14 +1,6 @@
-"""Learning-rate schedules, built by the config as `_partial_` objects.
-
-`configs/model/*.yaml` names one under `scheduler:`; `LitDiffusion.configure_optimizers` calls
-it with the optimiser and the run's length in optimiser steps (Lightning's
-`trainer.estimated_stepping_batches`, known only once the trainer holds the data):
-
-    scheduler:
-      _target_: ddpm_unet.models.lr_schedules.warmup_cosine
-      _partial_: true
-      warmup_steps: 5000
-      decay: none
+"""Learning-rate schedules, named under `scheduler:` in `configs/model/*.yaml` as `_partial_`
+objects. `LitDiffusion.configure_optimizers` calls one with the optimiser and the run's length in
+optimiser steps (`trainer.estimated_stepping_batches`, known only once the trainer has the data).
 """
 
 from __future__ import annotations
@@ -21,11 +13,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.rules import FRACTION, NON_NEGATIVE_INT, Choice, Rule, check_arguments
 
 log = logging.getLogger(__name__)
-
-Decay = Literal["none", "cosine"]
-DECAYS: tuple[str, ...] = ("none", "cosine")
 
 
 class LRFactor:
@@ -48,31 +38,24 @@ class LRFactor:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+WARMUP_COSINE_RULES = (
+    Rule("warmup_steps", NON_NEGATIVE_INT, "5000"),
+    Choice("decay", ("none", "cosine")),  # none: DDPM's constant rate
+    Rule("min_lr_ratio", FRACTION, "0.1"),
+)
+
+
 def check_warmup_cosine(warmup_steps: int, decay: str, min_lr_ratio: float) -> None:
     """Raise `UserError` for settings `warmup_cosine` cannot use (also called by the early
-    config check, with the same messages)."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise UserError(
-            f"model.scheduler.warmup_steps={warmup_steps!r} must be a whole number >= 0, "
-            "e.g. model.scheduler.warmup_steps=5000."
-        )
-    if decay not in DECAYS:
-        raise UserError(
-            f"model.scheduler.decay={decay!r} is unknown: use one of none (DDPM), cosine."
-        )
-    is_number = isinstance(min_lr_ratio, int | float) and not isinstance(min_lr_ratio, bool)
-    if not is_number or not 0.0 <= min_lr_ratio <= 1.0:
-        raise UserError(
-            f"model.scheduler.min_lr_ratio={min_lr_ratio!r} is out of range: give a number from "
-            "0 to 1, e.g. model.scheduler.min_lr_ratio=0.1."
-        )
+    config check)."""
+    check_arguments(locals(), WARMUP_COSINE_RULES, prefix="model.scheduler.")
 
 
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     total_steps: float,
     warmup_steps: int = 0,
-    decay: Decay = "none",
+    decay: Literal["none", "cosine"] = "none",
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
     """Linear warm-up from 0 over `warmup_steps`, then a constant rate (`decay="none"`, DDPM) or

@@ -1,9 +1,7 @@
-"""Noise schedules: one function per schedule, registered by name.
+"""Noise schedules: functions `(T, **kwargs) -> betas [T]` (float64), registered by name.
 
-A schedule maps the number of steps `T` (and its own keyword arguments) to `betas` of shape
-`[T]` in float64. `make_betas(name, T, **kwargs)` looks the function up and checks the keyword
-arguments against its signature, so a value meant for another schedule (e.g. `beta_start` with
-`cosine`) is refused instead of silently ignored. Adding a schedule is one decorated function:
+`make_betas` checks the keyword arguments against the schedule's signature, so a value meant for
+another schedule (e.g. `beta_start` with `cosine`) is refused, not ignored. Adding a schedule:
 
     @register_schedule("my_schedule")
     def my_schedule(num_timesteps: int, k: float = 1.0) -> torch.Tensor: ...
@@ -26,10 +24,7 @@ from ddpm_unet.utils.rules import POSITIVE_INT, Rule
 ScheduleFn = Callable[..., torch.Tensor]
 
 SCHEDULES: dict[str, ScheduleFn] = {}
-
-# Config keys named in messages: GaussianDiffusion is built from `model.diffusion`.
-SCHEDULE_KEY = "model.diffusion.schedule"
-KWARGS_KEY = "model.diffusion.schedule_kwargs"
+KWARGS_KEY = "model.diffusion.schedule_kwargs"  # named in messages, as in the config
 
 
 def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
@@ -42,11 +37,10 @@ def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
     return add
 
 
-def _betas_from_alpha_bar(alpha_bar: torch.Tensor, max_beta: float = 0.999) -> torch.Tensor:
-    """`alpha_bar` at `t = 0..T` (`[T + 1]`, starting at 1) -> `betas [T]`, clipped at `max_beta`
-    so the last step stays finite when `alpha_bar` reaches 0."""
-    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
-    return betas.clamp(max=max_beta)
+def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """`alpha_bar` at `t = 0..T` (`[T + 1]`, starting at 1) -> `betas [T]`, clipped at 0.999 so
+    the last step stays finite when `alpha_bar` reaches 0."""
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
 
 
 @register_schedule("linear")
@@ -94,23 +88,16 @@ def sigmoid(
     return _betas_from_alpha_bar(alpha_bar).clamp(min=0.0)
 
 
-def schedule_parameters(name: str) -> list[str]:
-    """The keyword arguments schedule `name` takes (everything after `num_timesteps`)."""
-    return list(inspect.signature(SCHEDULES[name]).parameters)[1:]
-
-
 def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
-    """`betas [num_timesteps]` (float64) of the registered schedule `name`.
-
-    Raises `UserError` for an unknown name, a `num_timesteps` below 1, or a keyword argument
-    the schedule does not take (named with its config key and the ones it does take).
-    """
+    """`betas [num_timesteps]` (float64) of the registered schedule `name`; `UserError` for an
+    unknown name, a `num_timesteps` below 1, or a keyword argument the schedule does not take."""
     if name not in SCHEDULES:
         raise UserError(
-            f"{SCHEDULE_KEY}={name!r} is unknown: use one of {', '.join(sorted(SCHEDULES))}."
+            f"model.diffusion.schedule={name!r} is unknown: use one of "
+            f"{', '.join(sorted(SCHEDULES))}."
         )
     Rule("num_timesteps", POSITIVE_INT, "1000").check(num_timesteps, prefix="model.diffusion.")
-    takes = schedule_parameters(name)
+    takes = list(inspect.signature(SCHEDULES[name]).parameters)[1:]  # after num_timesteps
     for key in kwargs:
         if key not in takes:
             uses = ", ".join(takes) if takes else "no arguments"
@@ -118,8 +105,7 @@ def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
                 f"{KWARGS_KEY}.{key} is given, but the {name} schedule does not use {key} (it "
                 f"takes {uses}): remove it, or choose a schedule that uses it."
             )
-    betas = SCHEDULES[name](num_timesteps, **kwargs)
-    return betas.to(torch.float64)
+    return SCHEDULES[name](num_timesteps, **kwargs).to(torch.float64)
 
 
 def as_kwargs(schedule_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

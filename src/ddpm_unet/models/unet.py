@@ -1,16 +1,8 @@
-"""The DDPM U-Net, block by block.
+"""The DDPM U-Net, block by block, with the spec's block names.
 
-This is the network the spec walks through, with the departures explained in `docs/design.md`
-(where the spec and its quirks are described):
-
-* `ch_mults[i]` multiplies `n_channels` (not the previous level's channels);
-* `AttentionBlock` applies its GroupNorm (pre-norm) and attends with
-  `F.scaled_dot_product_attention`;
-* `n_groups`, `dropout` and `n_heads` are parameters, validated at construction.
-
-Shapes are written `[batch, channels, height, width]` throughout. For the spec's default network
-(`n_channels=64, ch_mults=(1, 2, 4, 16)`) and a 32x32 image the channel counts per level are
-64 / 128 / 256 / 1024 and the resolutions 32 / 16 / 8 / 4.
+`docs/design.md` describes each block ("The network, block by block", with the shapes through the
+spec's default network) and where this code departs from the spec ("The spec's quirks"). Shapes
+are written `[batch, channels, height, width]` throughout.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ from ddpm_unet.utils.rules import DECAY, POSITIVE_INT, Rule, check_arguments, sh
 
 AttentionBackend = Literal["sdpa", "einsum"]
 
-UNET_RULES: tuple[Rule, ...] = (
+UNET_RULES: tuple[Rule, ...] = (  # single-valued arguments, also run by the early config check
     Rule("image_channels", POSITIVE_INT, "3"),
     Rule("n_channels", POSITIVE_INT, "64"),
     Rule("n_blocks", POSITIVE_INT, "2"),
@@ -36,8 +28,6 @@ UNET_RULES: tuple[Rule, ...] = (
     Rule("n_heads", POSITIVE_INT, "1"),
     Rule("dropout", DECAY, "0.1"),
 )
-"""The U-Net's single-valued arguments; checked at construction and by the early config check
-(`check_unet_arguments`)."""
 
 
 def _check_groups(name: str, channels: int, n_groups: int) -> None:
@@ -57,12 +47,8 @@ def check_image_size(
     mults_key: str = "ch_mults",
 ) -> None:
     """Raise `UserError` unless `image_size` (a side, or `(height, width)`) halves
-    `len(ch_mults) - 1` times without remainder.
-
-    The one statement of this rule: the U-Net (at construction of its user and in `forward`), the
-    LightningModule, the summary and the early config check (with the config's keys as
-    `size_key`/`mults_key`) all call it.
-    """
+    `len(ch_mults) - 1` times without remainder. The one statement of this rule (the early config
+    check passes its config keys as `size_key`/`mults_key`)."""
     factor = 2 ** (len(ch_mults) - 1)
     sides = image_size if isinstance(image_size, tuple) else (image_size,)
     if any(side < 1 or side % factor for side in sides):
@@ -76,11 +62,7 @@ def check_image_size(
 
 def check_unet_layout(ch_mults: Any, is_attn: Any, prefix: str = "") -> None:
     """Raise `UserError` unless `ch_mults` and `is_attn` describe the levels: a non-empty list of
-    positive whole multipliers and one true/false attention flag per level.
-
-    The one statement of these rules: `UNet` and the early config check (with the config's
-    `prefix`, `model.net.`) both call it.
-    """
+    positive whole multipliers and one true/false attention flag per level."""
     m, a = f"{prefix}ch_mults", f"{prefix}is_attn"
     for key, value, example in ((m, ch_mults, "[1,2,2]"), (a, is_attn, "[false,true,false]")):
         if isinstance(value, str) or not isinstance(value, Sequence):
@@ -120,13 +102,9 @@ def check_unet_arguments(arguments: Mapping[str, Any], prefix: str = "") -> None
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoidal embedding of the diffusion step `t`, followed by Linear, Swish, Linear.
+    """`n_channels // 4` sinusoidal features of the step `t`, then Linear, Swish, Linear.
 
-    The step is turned into `n_channels // 4` sinusoidal features (half sines, half cosines, with
-    geometrically spaced frequencies as in the Transformer's position encoding), then projected to
-    `n_channels` by a two-layer MLP. The U-Net uses `n_channels = 4 * unet.n_channels`.
-
-    * in: `t` of shape `[batch]` (integer or float steps)
+    * in: `t` `[batch]` (integer or float steps)
     * out: `[batch, n_channels]`
     """
 
@@ -143,7 +121,8 @@ class TimeEmbedding(nn.Module):
         self.lin2 = nn.Linear(n_channels, n_channels)
 
     def sinusoidal_features(self, t: torch.Tensor) -> torch.Tensor:
-        """`[batch]` -> `[batch, n_channels // 4]`: `sin(t * w_k)` then `cos(t * w_k)`."""
+        """`[batch]` -> `[batch, n_channels // 4]`: `sin(t * w_k)` then `cos(t * w_k)`, with
+        geometrically spaced `w_k` as in the Transformer's position encoding."""
         half_dim = self.n_channels // 8
         log_step = math.log(10_000) / (half_dim - 1)
         freqs = torch.exp(torch.arange(half_dim, device=t.device, dtype=torch.float32) * -log_step)
@@ -156,11 +135,8 @@ class TimeEmbedding(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with GroupNorm, Swish, the time embedding added in between.
-
-    `h = conv1(swish(norm1(x))) + linear(swish(t_emb))[:, :, None, None]`, then
-    `h = conv2(dropout(swish(norm2(h))))` and the output is `h + shortcut(x)`, where the shortcut
-    is a 1x1 convolution when the channel count changes and the identity otherwise.
+    """`h = conv1(swish(norm1(x))) + linear(swish(t_emb))`, `h = conv2(dropout(swish(norm2(h))))`,
+    out `h + shortcut(x)` (a 1x1 convolution when the channel count changes, else the identity).
 
     * in: `x` `[batch, in_channels, height, width]`, `t` `[batch, time_channels]`
     * out: `[batch, out_channels, height, width]`
@@ -194,8 +170,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.conv1(self.act1(self.norm1(x)))
-        # [batch, out_channels] -> [batch, out_channels, 1, 1]: one shift per channel, broadcast
-        # over every pixel.
+        # [batch, out_channels, 1, 1]: one shift per channel, broadcast over every pixel.
         h = h + self.time_emb(self.time_act(t))[:, :, None, None]
         h = self.conv2(self.dropout(self.act2(self.norm2(h))))
         return h + self.shortcut(x)
@@ -214,18 +189,13 @@ def einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over the pixels of a feature map, with a residual connection.
-
-    Pixels are the tokens and channels the features: `x` is normalised (GroupNorm, applied here
-    unlike the seed), flattened to `[batch, height * width, channels]`, projected to
-    `3 * n_heads * d_k` (queries, keys and values, per head), attended, projected back to
-    `n_channels` and added to the input.
+    """Multi-head self-attention with the pixels as tokens, pre-norm, plus the input.
 
     * in: `x` `[batch, n_channels, height, width]` (`t` is accepted and ignored, so every block
       has one call signature)
     * out: `[batch, n_channels, height, width]`
 
-    `d_k` defaults to `n_channels // n_heads`, which is the seed's `d_k = n_channels` for one head.
+    `d_k` defaults to `n_channels // n_heads` (the seed's `d_k = n_channels` for one head).
     """
 
     def __init__(
@@ -271,13 +241,12 @@ class AttentionBlock(nn.Module):
             ).transpose(1, 2)
         else:
             res = einsum_attention(q, k, v)
-        res = self.output(res.reshape(batch, -1, self.n_heads * self.d_k))  # [b, h*w, c]
-        res = res + tokens
+        res = self.output(res.reshape(batch, -1, self.n_heads * self.d_k)) + tokens  # [b, h*w, c]
         return res.transpose(1, 2).reshape(batch, channels, height, width)
 
 
 class DownBlock(nn.Module):
-    """One step of the U-Net's first half: a `ResidualBlock`, then attention if `has_attn`.
+    """A `ResidualBlock`, then attention if `has_attn`.
 
     * in: `x` `[batch, in_channels, height, width]`, `t` `[batch, time_channels]`
     * out: `[batch, out_channels, height, width]`
@@ -307,11 +276,8 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(DownBlock):
-    """One step of the U-Net's second half: a `ResidualBlock` over `[x, skip]`, then attention.
-
-    The input is the concatenation (on channels) of the current feature map and the skip
-    connection from the first half, so the residual block takes `in_channels + out_channels`
-    channels; `out_channels` is also the skip's channel count. Otherwise a `DownBlock`.
+    """A `DownBlock` over the current map concatenated (on channels) with a skip of
+    `out_channels` channels from the first half.
 
     * in: `x` `[batch, in_channels + out_channels, height, width]`, `t` `[batch, time_channels]`
     * out: `[batch, out_channels, height, width]`
@@ -349,34 +315,29 @@ class MiddleBlock(nn.Module):
         return self.res2(self.attn(self.res1(x, t)), t)
 
 
-class Upsample(nn.Module):
-    """Double the resolution with a 4x4 stride-2 transposed convolution; channels unchanged.
+class _Resample(nn.Module):
+    """A convolution that changes only the resolution; `t` is accepted and ignored."""
 
-    * in: `[batch, n_channels, height, width]` (`t` ignored)
-    * out: `[batch, n_channels, 2 * height, 2 * width]`
-    """
-
-    def __init__(self, n_channels: int) -> None:
+    def __init__(self, conv: nn.Module) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(n_channels, n_channels, kernel_size=4, stride=2, padding=1)
+        self.conv = conv
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         return self.conv(x)
 
 
-class Downsample(nn.Module):
-    """Halve the resolution with a 3x3 stride-2 convolution; channels unchanged.
-
-    * in: `[batch, n_channels, height, width]` (`t` ignored)
-    * out: `[batch, n_channels, height / 2, width / 2]`
-    """
+class Downsample(_Resample):
+    """A 3x3 stride-2 convolution: `[batch, c, h, w]` -> `[batch, c, h / 2, w / 2]`."""
 
     def __init__(self, n_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(n_channels, n_channels, kernel_size=3, stride=2, padding=1)
+        super().__init__(nn.Conv2d(n_channels, n_channels, 3, stride=2, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(x)
+
+class Upsample(_Resample):
+    """A 4x4 stride-2 transposed convolution: `[batch, c, h, w]` -> `[batch, c, 2h, 2w]`."""
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__(nn.ConvTranspose2d(n_channels, n_channels, 4, stride=2, padding=1))
 
 
 class UNet(nn.Module):
@@ -415,7 +376,6 @@ class UNet(nn.Module):
         # Every argument, checked as the early config check checks `model.net` (self is ignored).
         check_unet_arguments(locals())
         super().__init__()
-        ch_mults, is_attn = tuple(ch_mults), tuple(is_attn)
         _check_groups("n_channels", n_channels, n_groups)
         for mult in ch_mults:
             _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
@@ -425,57 +385,47 @@ class UNet(nn.Module):
                 "groups."
             )
         self.image_channels = image_channels
-        self.n_channels = n_channels
-        self.ch_mults = ch_mults
-        self.is_attn = is_attn
-        self.n_blocks = n_blocks
-        n_resolutions = len(ch_mults)
+        self.ch_mults = tuple(ch_mults)
         time_channels = n_channels * 4
-        block_kwargs = dict(
-            time_channels=time_channels,
-            n_groups=n_groups,
-            dropout=dropout,
-            n_heads=n_heads,
-            attn_backend=attn_backend,
+        options = dict(
+            n_groups=n_groups, dropout=dropout, n_heads=n_heads, attn_backend=attn_backend
         )
 
         self.image_proj = nn.Conv2d(image_channels, n_channels, kernel_size=3, padding=1)
         self.time_emb = TimeEmbedding(time_channels)
 
-        # First half: channels grow level by level, resolution halves between levels.
+        # First half: channels grow level by level, resolution halves between levels. `skips`
+        # holds the channel counts of the maps `forward` pushes on its skip stack.
         down: list[nn.Module] = []
-        in_channels = n_channels
-        for i in range(n_resolutions):
-            out_channels = n_channels * ch_mults[i]
+        channels = n_channels
+        skips = [channels]
+        for i, mult in enumerate(ch_mults):
+            out = n_channels * mult
             for _ in range(n_blocks):
-                down.append(
-                    DownBlock(in_channels, out_channels, has_attn=is_attn[i], **block_kwargs)
-                )
-                in_channels = out_channels
-            if i < n_resolutions - 1:
-                down.append(Downsample(in_channels))
+                down.append(DownBlock(channels, out, time_channels, is_attn[i], **options))
+                channels = out
+                skips.append(channels)
+            if i < len(ch_mults) - 1:
+                down.append(Downsample(channels))
+                skips.append(channels)
         self.down = nn.ModuleList(down)
 
-        self.middle = MiddleBlock(in_channels, **block_kwargs)
+        self.middle = MiddleBlock(channels, time_channels, **options)
 
-        # Second half: mirror image; each UpBlock consumes one skip from the first half.
+        # Second half, the mirror image: each UpBlock pops one skip and ends at its channels.
         up: list[nn.Module] = []
-        for i in reversed(range(n_resolutions)):
-            out_channels = in_channels
-            for _ in range(n_blocks):
-                up.append(UpBlock(in_channels, out_channels, has_attn=is_attn[i], **block_kwargs))
-            # The last block of a level meets the skip taken before the level's first block:
-            # the previous level's channels (or the image projection's, at level 0).
-            out_channels = n_channels * ch_mults[i - 1] if i > 0 else n_channels
-            up.append(UpBlock(in_channels, out_channels, has_attn=is_attn[i], **block_kwargs))
-            in_channels = out_channels
+        for i in reversed(range(len(ch_mults))):
+            for _ in range(n_blocks + 1):
+                skip = skips.pop()
+                up.append(UpBlock(channels, skip, time_channels, is_attn[i], **options))
+                channels = skip
             if i > 0:
-                up.append(Upsample(in_channels))
+                up.append(Upsample(channels))
         self.up = nn.ModuleList(up)
 
         self.norm = nn.GroupNorm(8, n_channels)
         self.act = nn.SiLU()
-        self.final = nn.Conv2d(in_channels, image_channels, kernel_size=3, padding=1)
+        self.final = nn.Conv2d(n_channels, image_channels, kernel_size=3, padding=1)
 
     def check_image_size(self, image_size: int, size_key: str = "image_size") -> None:
         """Raise `UserError` unless square images of `image_size` fit this U-Net's levels."""

@@ -1,20 +1,12 @@
-"""The one checkpoint reader of every command (train.py resume, sample.py, eval.py, W&B set-up).
+"""Reading torch.save files from users (checkpoints, Inception weights) as data, never code.
 
-A checkpoint given on the command line is a file from a user, so it is data, never code: it is
-read with `torch.load(weights_only=True)`, which refuses any pickled object other than tensors
-and plain containers, and nothing else in this project unpickles it. Every way a file can fail to
-be a usable checkpoint becomes one `CheckpointError` (a `UserError`: the command prints it as one
-line and exits with status 2) whose message names the file and says what it is not:
-
-* missing, a folder, unreadable, empty (`CheckpointNotFoundError` for a missing file);
-* not a checkpoint at all: random bytes, text, a plain pickle, a damaged or truncated archive;
-* refused: a pickle that holds code or objects this project never writes (nothing of it runs);
-* a checkpoint of another model: a bare state dict, another LightningModule's weights, no
-  `hyper_parameters`/`run_config`; for resuming, no training state;
-* an incompatible architecture: which weights are missing, unexpected or of another shape.
-
-torch's own advice on such failures (to reload with `weights_only=False`, which would run
-whatever the file holds) never reaches the user: messages are written here.
+`read_torch_file` is the one reader: `torch.load(weights_only=True)`, which refuses any pickled
+object but tensors and plain containers, and every way a file can fail (missing bytes, text,
+a plain pickle, a damaged archive, a refused object) becomes one `UserError` of the caller's type
+naming the file, what it is instead and the fix; torch's advice to reload with
+`weights_only=False` never reaches the user. A checkpoint must then be one of this project's
+train.py (`read_lit_checkpoint`), whose model config names only trusted `_target_`s and whose
+weights fit (`model_from_checkpoint`, `check_resume_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,16 +31,13 @@ WHERE_CHECKPOINTS_ARE = (
     "train.py writes them to logs/train/runs/<run>/checkpoints/ (last.ckpt, epoch_*.ckpt, "
     "best_fid_*.ckpt)"
 )
-MODEL_PREFIXES = ("net.", "ema.")
-"""Every weight of `LitDiffusion` is in the U-Net (`net.*`) or its EMA copy (`ema.*`)."""
-PROJECT_KEYS = ("state_dict", "hyper_parameters", "run_config")
-"""What every checkpoint of this project's train.py holds besides Lightning's bookkeeping."""
+MODEL_PREFIXES = ("net.", "ema.")  # every weight of LitDiffusion: the U-Net and its EMA copy
+PROJECT_KEYS = ("state_dict", "hyper_parameters", "run_config")  # what train.py adds to Lightning's
 RESUME_KEYS = ("optimizer_states", "lr_schedulers", "loops", "epoch", "global_step")
-"""What Lightning needs to continue a run (absent from weights-only saves)."""
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives (since torch 1.6)
-WEIGHTS_ONLY_REFUSAL = re.compile(
-    r"GLOBAL|Unsupported|blocked|not an allowed"
-)  # weights_only refusals
+TRUSTED_TARGETS_ENV = "DDPM_UNET_TRUSTED_TARGETS"  # more module prefixes a checkpoint may name
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]  # before 1.6
+_REFUSAL = re.compile(r"GLOBAL|Unsupported|blocked|not an allowed")  # weights_only's refusals
 _MAX_LISTED = 4  # keys named per kind of mismatch; the message says how many there are
 
 
@@ -59,16 +49,86 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint path is unset or names no file."""
 
 
-def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
-    """The dict saved in checkpoint `path`, read as data only (`weights_only=True`).
+def read_torch_file(
+    file: Path, name: str, what: str, fix: str, error: type[UserError] = UserError
+) -> Any:
+    """What `torch.save` wrote to `file` (either format), read as data on the CPU.
 
-    Tensors are memory-mapped (`mmap=True`) and on the CPU, so reading a few metadata entries of
-    a large checkpoint costs little. `key` is the config key the path came from, for messages.
+    Zip archives are memory-mapped, so reading a few entries of a large checkpoint costs little.
+
+    Args:
+        name: how the user named the file (`ckpt_path=x.ckpt`), first in every message.
+        what: what the file should be ("a checkpoint of this project").
+        fix: the end of every message: where the right file is.
+        error: the exception raised, `error(f"{name} <what is wrong>; {fix}.")`.
+    """
+
+    def fail(problem: str) -> UserError:
+        return error(f"{name} {problem}; {fix}.")
+
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(512)
+    except OSError as err:
+        raise fail(f"cannot be read ({err.strerror or err})") from None
+    if not head:
+        raise fail(f"is empty (0 bytes), not {what}: an interrupted save or copy leaves such files")
+    is_zip = head.startswith(ZIP_MAGIC)
+    if not (is_zip or head.startswith(LEGACY_MAGIC)):
+        # Neither format torch.save writes: described from its bytes, never unpickled.
+        what_it_is = _describe_bytes(head)
+        raise fail(f"is not {what}: it is {what_it_is}, not a file written by torch.save")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on refused files
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as err:  # noqa: BLE001 - a malformed file can raise anything
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) and _REFUSAL.search(text):
+            refused = re.search(r"GLOBAL ([\w.]+)", text)
+            raise fail(
+                f"was refused: it holds Python objects{f' (e.g. {refused[1]})' if refused else ''} "
+                f"that {what} never contains, and that could run code when unpickled; it was read "
+                "as data only and nothing in it was run"
+            ) from None
+        if not is_zip:
+            damage = "a damaged or truncated file of torch.save's older format"
+        elif isinstance(err, pickle.UnpicklingError):
+            damage = "a damaged archive (its pickle is unreadable)"
+        elif isinstance(err, EOFError | zipfile.BadZipFile) or not zipfile.is_zipfile(file):
+            damage = (
+                f"a damaged or truncated archive ({file.stat().st_size} bytes; an interrupted "
+                "save or copy leaves such files)"
+            )
+        elif "not in a subdirectory" in text or "data.pkl" in text or "file not found" in text:
+            damage = "a zip archive, but not one written by torch.save"
+        else:
+            damage = f"an archive torch cannot read ({type(err).__name__})"
+        raise fail(f"is not {what}: it is {damage}") from None
+
+
+def _describe_bytes(head: bytes) -> str:
+    """What the first bytes of a file that torch.save did not write look like."""
+    if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
+        return "a plain Python pickle (not unpickled)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the end of `head`
+            return "binary data of an unknown kind"
+        text = head[: err.start].decode("utf-8")
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"a text file (starting {text[:40]!r})"
+    return "binary data of an unknown kind"
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """The dict saved in checkpoint `path` (`read_torch_file`); `key` is the config key the path
+    came from, for messages.
 
     Raises:
         CheckpointNotFoundError: `path` does not exist.
-        CheckpointError: it is not a file, is empty, is not a torch.save archive, holds objects
-            other than tensors and plain data, or does not hold a dict.
+        CheckpointError: it is a folder, or no torch.save file of a dict of tensors and plain data.
     """
     file = Path(str(path)).expanduser()
     name = f"{key}={path}"
@@ -81,36 +141,9 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
             f"{name} is a folder, not a checkpoint file: name the file itself, e.g. "
             f"{key}={file / 'checkpoints' / 'last.ckpt'}; {WHERE_CHECKPOINTS_ARE}."
         )
-    try:
-        with open(file, "rb") as handle:
-            head = handle.read(512)
-    except OSError as err:
-        raise CheckpointError(f"{name} cannot be read: {err.strerror or err}.") from None
-    if not head:
-        raise CheckpointError(
-            f"{name} is empty (0 bytes), not a checkpoint: an interrupted save leaves such "
-            "files; use another checkpoint of the run (last.ckpt or epoch_*.ckpt)."
-        )
-    if not head.startswith(ZIP_MAGIC):
-        # Not an archive torch.save writes: described from its bytes, never unpickled.
-        raise CheckpointError(
-            f"{name} is not a checkpoint: it is {describe_bytes(head)}, not the zip archive "
-            f"that torch.save writes; {WHERE_CHECKPOINTS_ARE}."
-        )
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        if WEIGHTS_ONLY_REFUSAL.search(str(err)):
-            raise CheckpointError(_refused_message(name, str(err))) from None
-        raise CheckpointError(
-            f"{name} is not a checkpoint: a damaged archive (its pickle is unreadable); "
-            f"{WHERE_CHECKPOINTS_ARE}."
-        ) from None
-    except Exception as err:  # noqa: BLE001 - a malformed archive can raise anything
-        raise CheckpointError(
-            f"{name} is not a checkpoint: {describe_archive_error(err, file)}; "
-            f"{WHERE_CHECKPOINTS_ARE}."
-        ) from None
+    checkpoint = read_torch_file(
+        file, name, "a checkpoint of this project", WHERE_CHECKPOINTS_ARE, CheckpointError
+    )
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{name} holds a {type(checkpoint).__name__}, not the dict of a Lightning "
@@ -160,14 +193,13 @@ def read_lit_checkpoint(
     for entry in ("epoch", "global_step"):
         if entry in checkpoint and not isinstance(checkpoint[entry], int):
             raise CheckpointError(f"{name}: its '{entry}' is not an integer.")
-    if resume:
-        absent = [k for k in RESUME_KEYS if k not in checkpoint]
-        if absent:
-            raise CheckpointError(
-                f"{name} holds the model but not the training state needed to resume "
-                f"({', '.join(absent)} missing): sample or evaluate it (sample.py/eval.py "
-                f"ckpt_path=...), or start a new run without ckpt_path."
-            )
+    absent = [k for k in RESUME_KEYS if k not in checkpoint]
+    if resume and absent:
+        raise CheckpointError(
+            f"{name} holds the model but not the training state needed to resume "
+            f"({', '.join(absent)} missing): sample or evaluate it (sample.py/eval.py "
+            f"ckpt_path=...), or start a new run without ckpt_path."
+        )
     return checkpoint
 
 
@@ -179,21 +211,15 @@ def check_state_dict_compatible(
     target: str = "the model",
     hint: str = "",
 ) -> None:
-    """Raise `CheckpointError` listing missing, unexpected and reshaped weights, if any.
-
-    Args:
-        expected: the model's state dict (tensors; on the meta device is enough).
-        found: the checkpoint's `state_dict`.
-        target: what `expected` is, for the message ("the configured model").
-        hint: appended to the message (e.g. which config values differ).
-    """
+    """Raise `CheckpointError` naming the weights of `found` (a checkpoint's state dict) that are
+    missing, unexpected or reshaped against `expected` (the model's; meta tensors suffice), if
+    any. `target` names the model ("the configured model"); `hint` ends the message."""
     parts = weight_differences({k: v.shape for k, v in expected.items()}, found)
-    if not parts:
-        return
-    raise CheckpointError(
-        f"{key}={path} holds another architecture than {target}: {', '.join(parts)}."
-        + (f" {hint}" if hint else "")
-    )
+    if parts:
+        raise CheckpointError(
+            f"{key}={path} holds another architecture than {target}: {', '.join(parts)}."
+            + (f" {hint}" if hint else "")
+        )
 
 
 def weight_differences(
@@ -233,12 +259,9 @@ def weight_differences(
 def model_from_checkpoint(
     checkpoint: Mapping[str, Any], path: str | Path, key: str = "ckpt_path"
 ) -> LitDiffusion:
-    """`LitDiffusion` built from the checkpoint's `run_config["model"]`, its weights loaded (CPU).
-
-    The checkpoint must come from `read_lit_checkpoint`. The model config is instantiated
-    with Hydra, as train.py built it, after every `_target_` in it was found among the trusted
-    ones (`trusted_targets`): a checkpoint is data, and an arbitrary `_target_` would be code.
-    Then the weights are loaded strictly, with a clear error when they do not fit.
+    """`LitDiffusion` built from the `run_config["model"]` of a checkpoint `read_lit_checkpoint`
+    accepted, as train.py built it, its weights loaded strictly (CPU). Its `_target_`s must be
+    trusted (`check_trusted_targets`): a checkpoint is data, and an arbitrary `_target_` is code.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -269,21 +292,12 @@ def model_from_checkpoint(
     return model
 
 
-TRUSTED_TARGETS_ENV = "DDPM_UNET_TRUSTED_TARGETS"
-"""Comma-separated module prefixes whose `_target_`s a checkpoint may name, besides ours."""
-
-
-def trusted_targets() -> tuple[str, ...]:
-    """Prefixes of the `_target_`s a checkpoint's model config may name: this package, torch's
-    optimisers, and what `$DDPM_UNET_TRUSTED_TARGETS` adds (e.g. `mylab.nets.` for a network of
-    your own)."""
-    extra = os.environ.get(TRUSTED_TARGETS_ENV, "")
-    return ("ddpm_unet.", "torch.optim.", *(p.strip() for p in extra.split(",") if p.strip()))
-
-
 def check_trusted_targets(model_cfg: Any, path: str | Path, key: str = "ckpt_path") -> None:
-    """Raise `CheckpointError` if any `_target_` in `model_cfg` is outside `trusted_targets()`."""
-    allowed = trusted_targets()
+    """Raise `CheckpointError` if a `_target_` in `model_cfg` is outside the trusted prefixes:
+    this package, torch's optimisers, and those `$DDPM_UNET_TRUSTED_TARGETS` adds (comma-separated,
+    e.g. `mylab.nets.` for a network of your own)."""
+    extra = os.environ.get(TRUSTED_TARGETS_ENV, "")
+    allowed = ("ddpm_unet.", "torch.optim.", *(p.strip() for p in extra.split(",") if p.strip()))
     stack, targets = [model_cfg], []
     while stack:
         node = stack.pop()
@@ -310,9 +324,13 @@ def check_resume_checkpoint(path: str | Path, model_cfg: Any, key: str = "ckpt_p
     differing `model.net.*` values named. If the config cannot be built here the architecture
     check is left to the real build, which reports its own error.
     """
+    from hydra.utils import instantiate
+
     checkpoint = read_lit_checkpoint(path, key, resume=True)
-    expected = _configured_state_dict(model_cfg)
-    if expected is None:
+    try:
+        with torch.device("meta"):
+            expected = instantiate(model_cfg, _convert_="object").state_dict()
+    except Exception:  # noqa: BLE001 - the real build reports its own, clearer, error
         return
     check_state_dict_compatible(
         expected,
@@ -325,29 +343,15 @@ def check_resume_checkpoint(path: str | Path, model_cfg: Any, key: str = "ckpt_p
     )
 
 
-def _configured_state_dict(model_cfg: Any) -> dict[str, torch.Tensor] | None:
-    """The state dict (meta tensors) of the model `model_cfg` builds, or None if it cannot."""
-    from hydra.utils import instantiate
-
-    try:
-        with torch.device("meta"):
-            model = instantiate(model_cfg, _convert_="object")
-        return dict(model.state_dict())
-    except Exception:  # noqa: BLE001 - the real build reports its own, clearer, error
-        return None
-
-
 def _net_config_diff(run_config: Any, model_cfg: Any) -> str:
     """`model.net.X=<ours> here, <theirs> in the checkpoint` for each differing U-Net value."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
 
     try:
         theirs = run_config["model"]["net"]
-        ours = model_cfg.net
-        if isinstance(ours, DictConfig):
-            ours = OmegaConf.to_container(ours, resolve=True)
+        ours = OmegaConf.to_container(model_cfg.net, resolve=True)
         names = sorted(set(theirs) | set(ours))
-    except (KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError, ValueError):
         return ""
     diffs = [
         f"model.net.{k}={ours.get(k)} here, {theirs.get(k)} in the checkpoint"
@@ -355,45 +359,6 @@ def _net_config_diff(run_config: Any, model_cfg: Any) -> str:
         if ours.get(k) != theirs.get(k) and not str(k).startswith("_")
     ]
     return f"The U-Net differs: {'; '.join(diffs)}." if diffs else ""
-
-
-def _refused_message(name: str, torch_message: str) -> str:
-    """The message for a file whose pickle `weights_only=True` refused (torch's advice dropped)."""
-    match = re.search(r"GLOBAL ([\w.]+)", torch_message)
-    what = f" (e.g. {match.group(1)})" if match else ""
-    return (
-        f"{name} was refused: it holds Python objects{what} that checkpoints of this project "
-        "never contain, and that could run code when unpickled; it was read as data only and "
-        f"nothing in it was run. Use a checkpoint you trust; {WHERE_CHECKPOINTS_ARE}."
-    )
-
-
-def describe_archive_error(err: BaseException, file: Path) -> str:
-    """What a zip file that torch cannot read is, in words (no torch advice)."""
-    text = str(err)
-    if "central directory" in text or isinstance(err, EOFError | zipfile.BadZipFile):
-        return (
-            f"a damaged or truncated archive ({file.stat().st_size} bytes; an interrupted "
-            "save or copy leaves such files)"
-        )
-    if "not in a subdirectory" in text or "data.pkl" in text or "file not found" in text:
-        return "a zip archive, but not one written by torch.save"
-    return f"an archive torch cannot read ({type(err).__name__})"
-
-
-def describe_bytes(head: bytes) -> str:
-    """What the first bytes of a file that is not a zip archive look like."""
-    if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
-        return "a plain Python pickle (not unpickled)"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.start < len(head) - 3:  # not just a character cut at the end of `head`
-            return "binary data of an unknown kind"
-        text = head[: err.start].decode("utf-8")
-    if all(c.isprintable() or c in "\r\n\t" for c in text):
-        return f"a text file (starting {text[:40]!r})"
-    return "binary data of an unknown kind"
 
 
 def some_names(names: list[str]) -> str:

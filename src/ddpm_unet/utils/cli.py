@@ -43,41 +43,26 @@ def report_user_error(err: BaseException) -> None:
     raise SystemExit(2)
 
 
-def unwrap_instantiation(err: BaseException) -> BaseException:
-    """The error a constructor raised, out of Hydra's `InstantiationException` wrapper(s).
-
-    Hydra's wrapper repeats the target's name and is printed after the list of every override;
-    the original error is what says what is wrong (and carries the useful traceback).
-    """
-    while isinstance(err, InstantiationException) and err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
 def exit_on_user_error(func: F) -> F:
-    """Decorate a Hydra task function: user errors end the process with a clear message.
+    """Decorate a Hydra task function: a `UserError` (or a missing file) is printed as one line,
+    exit status 2 (raised with `DDPM_UNET_TRACEBACK=1`); anything else keeps its traceback.
 
-    A `UserError` (or a missing file) is printed as one line, exit status 2; with
-    `DDPM_UNET_TRACEBACK=1` it is raised with its traceback. Errors raised while Hydra builds
-    an object are unwrapped first. Anything else propagates with its traceback.
+    Errors are first taken out of Hydra's `InstantiationException` wrapper(s), which only repeat
+    the target's name: the original says what is wrong and carries the constructor's frames.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except InstantiationException as wrapped:
-            err = unwrap_instantiation(wrapped)
-            if err is wrapped:
-                raise
+        except Exception as raised:
+            err: BaseException = raised
+            while isinstance(err, InstantiationException) and err.__cause__ is not None:
+                err = err.__cause__
             if isinstance(err, USER_ERRORS) and not os.environ.get(TRACEBACK_ENV):
                 report_user_error(err)
-            # The original error, with its own traceback (the constructor's frames) and cause;
-            # not chained to the wrapper, which only repeats it.
-            raise err from err.__cause__
-        except USER_ERRORS as err:
-            if os.environ.get(TRACEBACK_ENV):
+            if err is raised:
                 raise
-            report_user_error(err)
+            raise err from err.__cause__  # not chained to the wrapper, which only repeats it
 
     return wrapper  # type: ignore[return-value]

@@ -1,22 +1,14 @@
-"""Checks of a composed run config that catch bad values and wrong combinations before any work.
+"""Checks of a composed run config: bad values and wrong combinations fail before any work.
 
-Two kinds of check, both raising `ConfigError` (a `UserError`: one line, exit status 2):
-
-* each value on its own, by a table of `Rule(key, kind, example)` (`ddpm_unet.utils.rules`): is
-  `data.batch_size` a whole number >= 1? is `model.optimizer.lr` > 0? A typo such as
-  `data.batch_size=abc` names its key instead of failing later inside `int()` or torch. The rules
-  of our own objects are declared beside them (`DATA_RULES`, `UNET_RULES`, `LIT_RULES`) and run
-  here on the config; the tables below hold only the keys no object of ours checks;
-* combinations, each by the function of the object it protects (`check_unet_layout`,
-  `check_image_size`, `per_device_batch_size`, `check_warmup_cosine`, a sampler's constructor),
-  and the values only the machine can judge (`check_device`: is there a GPU for `device=cuda`?).
-
-`check_train_config`, `check_sample_config` and `check_eval_config` run them all for one command.
+`check_train_config`, `check_sample_config` and `check_eval_config` raise `ConfigError` (a
+`UserError`). They run the checks of our objects on their configs (`Rule` tables such as
+`DATA_RULES`, functions such as `check_image_size`); the tables here hold only the keys no object
+of ours checks. `check_device`/`check_accelerator` judge what only the machine can.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,20 +37,12 @@ from ddpm_unet.utils.rules import (
     shown,
 )
 
-UNET_TARGET = "ddpm_unet.models.unet.UNet"
-DATA_TARGET = "ddpm_unet.data.ImageDataModule"
-LIT_TARGET = "ddpm_unet.models.lit_diffusion.LitDiffusion"
-DIFFUSION_TARGET = "ddpm_unet.models.diffusion.GaussianDiffusion"
-WARMUP_COSINE_TARGET = "ddpm_unet.models.lr_schedules.warmup_cosine"
-
 
 @contextmanager
 def _as_config_error() -> Iterator[None]:
     """An object's own check, run on the config: its `UserError` becomes a `ConfigError`."""
     try:
         yield
-    except ConfigError:
-        raise
     except UserError as err:
         raise ConfigError(str(err)) from None
 
@@ -111,47 +95,42 @@ TRAIN_RULES: tuple[Rule | Choice, ...] = (
 )
 
 
-# ------------------------------------------------------------------------------------------------
-# the config as a whole
-# ------------------------------------------------------------------------------------------------
-
-# Good values to suggest for required (`???`) keys.
-_REQUIRED_EXAMPLES = {
+_REQUIRED_EXAMPLES = {  # good values to suggest for required (`???`) keys
     "data.root": "/path/to/images",
     "ckpt_path": "logs/train/runs/<timestamp>/checkpoints/last.ckpt",
 }
 
 
-def _omegaconf_message(err: Exception) -> str:
-    """OmegaConf's message without its `full_key:`/`object_type=` footer and type prefix."""
-    text = str(err).split("\n    full_key:")[0].strip()
-    _, sep, rest = text.partition(" raised while resolving interpolation: ")
-    return rest if sep else text
+def run_config_of(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config as plain data, without Hydra's own settings (stored in
+    checkpoints, so `sample.py`/`eval.py` rebuild data and model from one file).
 
-
-def check_resolvable(cfg: DictConfig) -> None:
-    """Every required value (`???`) is set and every `${...}` resolves, Hydra's section apart.
-
-    Raises `ConfigError` naming the key: otherwise a missing `data.root` surfaces as a Hydra
-    traceback halfway through building the objects.
+    Key by key, so that Hydra's section is dropped without being resolved: composed with
+    `return_hydra_config=True` outside a Hydra run, it holds unset values (`hydra.job.num`).
+    Raises `ConfigError` naming a required value (`???`) left unset or a `${...}` that does not
+    resolve: otherwise a missing `data.root` surfaces as a Hydra traceback halfway through
+    building the objects.
     """
-    for key in cfg:
-        if key == "hydra":  # Hydra's own settings: resolved (or not) by Hydra, not by us
-            continue
+    resolved = {}
+    for key in (k for k in cfg if k != "hydra"):
         try:
             value = cfg[key]
             if isinstance(value, DictConfig | ListConfig):
-                OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as err:
+                value = OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+            resolved[key] = value
+        except (MissingMandatoryValue, InterpolationResolutionError) as err:
             full_key = str(getattr(err, "full_key", None) or key)
-            example = _REQUIRED_EXAMPLES.get(full_key, "<value>")
-            raise ConfigError(
-                f"{full_key} is required but not set (it is ??? in the config): give it on the "
-                f"command line, e.g. {full_key}={example}."
-            ) from None
-        except InterpolationResolutionError as err:
-            full_key = str(getattr(err, "full_key", None) or key)
-            raise ConfigError(f"{full_key} cannot be computed: {_omegaconf_message(err)}") from None
+            if isinstance(err, MissingMandatoryValue):
+                example = _REQUIRED_EXAMPLES.get(full_key, "<value>")
+                raise ConfigError(
+                    f"{full_key} is required but not set (it is ??? in the config): give it on "
+                    f"the command line, e.g. {full_key}={example}."
+                ) from None
+            # OmegaConf's message without its `full_key:`/`object_type=` footer and type prefix
+            text = str(err).split("\n    full_key:")[0].strip()
+            text = text.partition(" raised while resolving interpolation: ")[2] or text
+            raise ConfigError(f"{full_key} cannot be computed: {text}") from None
+    return resolved
 
 
 def check_device(key: str, device: Any) -> None:
@@ -179,8 +158,7 @@ def check_device(key: str, device: Any) -> None:
 
 
 def check_accelerator(cfg: DictConfig) -> None:
-    """`trainer.accelerator=gpu|cuda|mps` needs that device (Lightning's own error is a
-    traceback)."""
+    """`trainer.accelerator=gpu|cuda|mps` needs that device (Lightning's error is a traceback)."""
     accelerator = cfg.get("trainer", {}).get("accelerator")
     fix = "use trainer.accelerator=auto (a GPU when there is one, else the CPU) or trainer=cpu."
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -204,16 +182,16 @@ def check_model_config(cfg: DictConfig) -> None:
     flag per level) and the image size its levels can halve. Another network or data module
     (`_target_`) checks its own."""
     with _as_config_error():
-        if _target_is(cfg.get("data"), DATA_TARGET):
+        if _target_is(cfg.get("data"), "ddpm_unet.data.ImageDataModule"):
             check_values(cfg, DATA_RULES, prefix="data.")
-        if _target_is(cfg.model, LIT_TARGET):
+        if _target_is(cfg.model, "ddpm_unet.models.lit_diffusion.LitDiffusion"):
             check_values(cfg, LIT_RULES, prefix="model.")
         diffusion = cfg.model.get("diffusion")
-        if _target_is(diffusion, DIFFUSION_TARGET):
+        if _target_is(diffusion, "ddpm_unet.models.diffusion.GaussianDiffusion"):
             # Built here (a few tables of T floats): its own checks, and its schedule's, run once.
             GaussianDiffusion(**{k: v for k, v in diffusion.items() if k != "_target_"})
         net = cfg.model.get("net")
-        if not _target_is(net, UNET_TARGET):
+        if not _target_is(net, "ddpm_unet.models.unet.UNet"):
             return
         check_unet_arguments(net, prefix="model.net.")
         if "ch_mults" in net and "image_size" in cfg.get("data", {}):
@@ -236,7 +214,7 @@ def check_schedule_config(cfg: DictConfig) -> None:
     """The learning-rate schedule's own checks; a decaying rate needs to know where the run ends
     (Lightning's step count, which the schedule sees, is known only once data is loaded)."""
     scheduler = cfg.model.get("scheduler")
-    if scheduler is None or scheduler.get("_target_") != WARMUP_COSINE_TARGET:
+    if not scheduler or scheduler.get("_target_") != "ddpm_unet.models.lr_schedules.warmup_cosine":
         return
     decay = scheduler.get("decay", "none")
     with _as_config_error():
@@ -260,18 +238,20 @@ def check_sampler(cfg: DictConfig, key: str) -> None:
     """The sampler config at `key` builds (the sampler checks its own settings)."""
     from ddpm_unet.models.samplers import build_sampler
 
-    if OmegaConf.select(cfg, key) is None:
-        return  # absent, or null: DDPM
-    with _as_config_error():
-        build_sampler(OmegaConf.select(cfg, key), key)
+    sampler = OmegaConf.select(cfg, key)
+    if sampler is not None:  # absent, or null: DDPM
+        with _as_config_error():
+            build_sampler(sampler, key)
 
 
-def check_generation_config(cfg: DictConfig) -> None:
-    """What `sample.py` and `eval.py` share: the generation settings, the sampler, the device or
-    the trainer's accelerator (`trainer=ddp` without a GPU: one line, not Lightning's traceback)."""
+def check_generation_config(cfg: DictConfig, rules: Sequence[Rule | Choice]) -> None:
+    """What `sample.py` and `eval.py` check before the checkpoint is read: their `rules`, the
+    generation settings, the sampler, the device or the trainer's accelerator (`trainer=ddp`
+    without a GPU: one line, not Lightning's traceback)."""
     from ddpm_unet.generation.core import GENERATION_RULES
 
-    check_values(cfg, GENERATION_RULES)
+    run_config_of(cfg)  # every `???` set, every `${...}` resolves
+    check_values(cfg, [*rules, *GENERATION_RULES])
     check_sampler(cfg, "sampler")
     check_device("device", cfg.get("device"))
     if "trainer" in cfg:
@@ -279,17 +259,13 @@ def check_generation_config(cfg: DictConfig) -> None:
 
 
 def check_sample_config(cfg: DictConfig) -> None:
-    """`sample.py`'s values, before the checkpoint is read; raises `ConfigError`."""
-    check_resolvable(cfg)
-    check_values(cfg, SAMPLE_RULES)
-    check_generation_config(cfg)
+    """`sample.py`'s values; raises `ConfigError`."""
+    check_generation_config(cfg, SAMPLE_RULES)
 
 
 def check_eval_config(cfg: DictConfig) -> None:
-    """`eval.py`'s values, before the checkpoint is read; raises `ConfigError`."""
-    check_resolvable(cfg)
-    check_values(cfg, EVAL_RULES)
-    check_generation_config(cfg)
+    """`eval.py`'s values; raises `ConfigError`."""
+    check_generation_config(cfg, EVAL_RULES)
 
 
 def check_callback_config(cfg: DictConfig) -> None:
@@ -310,7 +286,7 @@ def check_callback_config(cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Every check that needs only the config; raises `ConfigError`."""
-    check_resolvable(cfg)
+    run_config_of(cfg)  # every `???` set, every `${...}` resolves
     check_values(cfg, TRAIN_RULES)
     check_callback_config(cfg)
     check_accelerator(cfg)

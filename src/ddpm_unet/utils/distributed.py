@@ -1,14 +1,8 @@
 """DDP under Hydra: one output dir per run whatever the number of ranks, and DDP in multiruns.
 
-Lightning's `ddp` strategy starts ranks 1..N-1 by re-running the command line. Under Hydra its
-default re-run passes the original arguments (in a multirun: `-m` and the whole sweep, so every
-rank would start a sweep of its own) and `hydra.run.dir` (not the job's folder). Here the ranks
-re-run *this job* (its own overrides, `hydra.mode=RUN`) in *this job's* output dir.
-
-Between multirun jobs in one process, the first job's DDP environment variables (`LOCAL_RANK`,
-`WORLD_SIZE`, ...) would make the next job believe its processes were started externally and wait
-forever for ranks that never come: `isolated_distributed_job` restores the environment and
-destroys the process group after each job.
+Lightning's `ddp` strategy starts ranks 1..N-1 by re-running the command line: under Hydra with
+the original arguments (in a multirun `-m` and the whole sweep, a sweep per rank) in
+`hydra.run.dir`. Here the ranks re-run *this job* (`hydra.mode=RUN`) in *this job's* folder.
 """
 
 from __future__ import annotations
@@ -72,7 +66,12 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 
 @contextmanager
 def isolated_distributed_job() -> Iterator[None]:
-    """Run one job; afterwards restore DDP env variables and tear down the process group."""
+    """Run one job; afterwards restore the DDP env variables and tear down the process group.
+
+    Between multirun jobs in one process, the first job's `LOCAL_RANK`, `WORLD_SIZE`, ... would
+    make the next job believe its processes were started externally and wait forever for ranks
+    that never come.
+    """
     saved = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
         yield

@@ -1,10 +1,7 @@
-"""Image grids: generated images in [-1, 1] -> one grid, and the grid in the form a file or a
-logger expects (8-bit pixels).
-
-One conversion to 8 bits, shared by the PNG file, W&B and TensorBoard, so the three show the same
-pixels: W&B reads float arrays as 0-255 values (a [0, 1] grid comes out black), while TensorBoard
-scales floats by 255; a uint8 array means the same thing to both.
-"""
+"""Image grids: images in [-1, 1] -> one grid -> 8-bit pixels, the one form shared by the PNG
+file, W&B and TensorBoard, so the three show the same pixels (W&B reads float arrays as 0-255
+values, so a [0, 1] grid comes out black; TensorBoard scales floats by 255; uint8 means the same
+to both)."""
 
 from __future__ import annotations
 
@@ -46,8 +43,7 @@ def grid_to_uint8(grid: torch.Tensor) -> np.ndarray:
     """`[C, H, W]` floats in [0, 1] -> `[H, W, C]` uint8 in [0, 255] (`[H, W]` for C == 1).
 
     Rounds as torchvision's `save_image` does (`x * 255 + 0.5`, truncated), so a grid saved
-    either way has the same pixels. This is the array loggers receive: W&B and TensorBoard (with
-    `dataformats="HWC"`) both read uint8 as 0-255 without rescaling.
+    either way has the same pixels.
     """
     if grid.dim() != 3:
         raise ValueError(f"grid has shape {tuple(grid.shape)}; expected [C, H, W].")

@@ -11,13 +11,15 @@ from ddpm_unet.utils.errors import UserError
 
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list:
+    """`name -> config` entries of `group` built in order; null entries (disabled from the
+    command line, e.g. `callbacks.sample_grid=null`) skipped."""
     if group is None:
         return []
     if not isinstance(group, DictConfig):
         raise TypeError(f"the {what} config must be a mapping of name -> config, got {group!r}")
     objects = []
     for name, conf in group.items():
-        if conf is None:  # disabled from the command line, e.g. callbacks.sample_grid=null
+        if conf is None:
             continue
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
             raise UserError(
@@ -29,10 +31,10 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list:
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
-    """`cfg.callbacks` -> list of `Callback`s (null entries skipped)."""
+    """`cfg.callbacks` -> Lightning `Callback`s."""
     return _instantiate_group(cfg, "callbacks")
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
-    """`cfg.logger` -> list of Lightning `Logger`s (null entries skipped)."""
+    """`cfg.logger` -> Lightning `Logger`s."""
     return _instantiate_group(cfg, "logger")

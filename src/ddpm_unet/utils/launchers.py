@@ -1,15 +1,9 @@
 """Sweep launchers: what a Ray job asks Ray for, which jobs Ray cannot run, shared-GPU warnings.
 
-`hydra/launcher=ray` (configs/hydra/launcher/ray.yaml) runs every sweep job as a Ray task that
-asks for the devices its trainer uses: `trainer.devices` GPUs on a GPU trainer, none on the CPU,
-and one CPU per process either way (`${ray_num_gpus:...}` below, resolved per job by
-`hydra_plugins.ddpm_unet_launchers`). Ray places each task where those resources are free and
-points it at its own GPUs (`CUDA_VISIBLE_DEVICES`), so 8 one-GPU jobs on an 8-GPU node run side
-by side, one per GPU.
-
-A Ray task is a function call in a Ray worker process, not a script: Lightning's `ddp` strategy,
-which starts ranks 1..N-1 by re-running the script, cannot work there, so such jobs are refused
-before any job starts (`ray_job_problems`).
+Under `hydra/launcher=ray` (configs/hydra/launcher/ray.yaml, run by
+`hydra_plugins.ddpm_unet_launchers`) each job is a Ray task asking for the devices its trainer
+uses (`${ray_num_gpus:...}`, resolved per job); Ray places it where they are free and points it
+at its own GPUs, so 8 one-GPU jobs on an 8-GPU node run side by side.
 """
 
 from __future__ import annotations
@@ -28,8 +22,6 @@ log = logging.getLogger(__name__)
 # plugins inside `warnings.catch_warnings()`, which undoes filters set there.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against")
 
-GPU_ACCELERATORS = ("gpu", "cuda")
-
 
 def uses_gpu(accelerator: Any) -> bool:
     """Whether a trainer with this `accelerator` trains on CUDA GPUs.
@@ -38,22 +30,17 @@ def uses_gpu(accelerator: Any) -> bool:
     there); on a Ray cluster whose head node has no GPU, name `trainer=gpu` explicitly.
     """
     name = str(getattr(accelerator, "value", accelerator)).lower()
-    if name in GPU_ACCELERATORS:
-        return True
     if name == "auto":
         import torch
 
         return torch.cuda.is_available()
-    return False
+    return name in ("gpu", "cuda")
 
 
 def ray_num_gpus(accelerator: Any, devices: Any) -> Any:
-    """`${ray_num_gpus:${trainer.accelerator},${trainer.devices}}`: the GPUs one job asks for.
-
-    `trainer.devices` on a GPU trainer, 0 otherwise. A `devices` that is not a count (`-1`,
-    `auto`, a list of ids) is passed through unchanged; `ray_job_problems` names it before any
-    job starts.
-    """
+    """`${ray_num_gpus:${trainer.accelerator},${trainer.devices}}`: the GPUs one job asks for,
+    `trainer.devices` on a GPU trainer, 0 otherwise (a `devices` that is not a count is passed
+    through; `ray_job_problems` names it before any job starts)."""
     return devices if uses_gpu(accelerator) else 0
 
 
@@ -63,26 +50,16 @@ def register_launcher_resolvers() -> None:
         OmegaConf.register_new_resolver("ray_num_gpus", ray_num_gpus)
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def ray_job_problems(cfg: DictConfig) -> list[str]:
-    """Why the job composed as `cfg` cannot run as a Ray task (empty: it can).
-
-    - `trainer.devices` must be a count: it is what the job asks Ray for.
-    - One process per job: Lightning's `ddp` starts its other ranks by re-running the script,
-      and a Ray task has no script (its process runs Ray's `default_worker.py`). `ddp_spawn` is
-      refused too: its spawned processes re-import the parent's main module, here Ray's worker,
-      a set-up nothing here tests. One device per job is what Ray schedules best: N jobs on N
-      GPUs.
-    - One node per job: a Ray task runs on one node.
-    """
+    """Why the job composed as `cfg` cannot run as a Ray task (empty: it can): `trainer.devices`
+    must be a count (what the job asks Ray for), and one process on one node. Lightning's `ddp`
+    re-runs the script for its other ranks, and a Ray task has none (it runs Ray's
+    `default_worker.py`); `ddp_spawn` re-imports that worker as its main module, untested here."""
     trainer = cfg.get("trainer") or {}
     devices = trainer.get("devices", 1)
     num_nodes = trainer.get("num_nodes", 1)
     problems = []
-    if not _is_count(devices):
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         problems.append(
             f"trainer.devices={devices!r} is not a number of devices: under hydra/launcher=ray "
             "each job asks Ray for trainer.devices GPUs (or CPUs), so give a count, e.g. "
@@ -105,11 +82,8 @@ def ray_job_problems(cfg: DictConfig) -> list[str]:
 
 
 def warn_if_jobs_share_devices(cfg: DictConfig) -> None:
-    """Warn when joblib runs several GPU jobs at once: they all see every GPU and use GPU 0.
-
-    `hydra/launcher=local_parallel` starts plain processes with no device assignment; Ray
-    (`hydra/launcher=ray`) gives each job its own GPU.
-    """
+    """Warn when joblib (`hydra/launcher=local_parallel`) runs several GPU jobs at once: plain
+    processes with no device assignment, they all use GPU 0."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 # Lightning's information lines (accelerators available, "Tip: try litlogger", "fit stopped"):
 # useful in the log file, noise on the screen. Its warnings still reach both.
@@ -17,9 +18,8 @@ LIBRARY_LOGGERS = (
 
 
 class QuietLibraryInfo(logging.Filter):
-    """Console filter: drop the `QUIET_ON_CONSOLE` loggers' records below WARNING.
-
-    Used by the console handler of `configs/hydra/default.yaml`; the file handler keeps them."""
+    """Console filter (configs/hydra/default.yaml): drop the `QUIET_ON_CONSOLE` loggers' records
+    below WARNING; the file handler keeps them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not record.name.startswith(QUIET_ON_CONSOLE)
@@ -28,9 +28,9 @@ class QuietLibraryInfo(logging.Filter):
 def route_library_logs_to_root() -> None:
     """Send Lightning's log records to the root logger that Hydra configured (screen + file).
 
-    Lightning, when imported before any logging is configured (as here: imports come before
-    Hydra starts), gives its logger a handler of its own and stops propagation, so none of its
-    messages reached `train.log`. Call this inside the Hydra task function.
+    Lightning, imported before logging is configured (as here, before Hydra starts), gives its
+    logger a console handler of its own and stops propagation, so none of its messages reached
+    `train.log`. Call this inside the Hydra task function.
     """
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
@@ -47,8 +47,6 @@ def ignore_known_upstream_warnings() -> None:
     dataloader (`CombinedLoader`), which torch 2.14 deprecates with a FutureWarning on each
     run. Remove this once Lightning stops constructing `LeafSpec`.
     """
-    import warnings
-
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",

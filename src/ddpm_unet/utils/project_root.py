@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT_ENV = "PROJECT_ROOT"
-
 
 def anchor_project_root(entry_point: str | os.PathLike[str]) -> Path:
     """Set `$PROJECT_ROOT` to the folder of `entry_point` (train.py, sample.py, eval.py).
 
     Called before Hydra starts: `configs/paths/default.yaml` reads `paths.root_dir` from this
-    variable, and Hydra computes `hydra.run.dir`/`hydra.sweep.dir` (which go through it) before
-    its own `${hydra:runtime.cwd}` exists. A value the user already exported wins, so logs and
-    data can live elsewhere (`PROJECT_ROOT=/scratch/me python train.py`).
+    variable (`${project_root:}`), and Hydra computes `hydra.run.dir`/`hydra.sweep.dir` before its
+    own `${hydra:runtime.cwd}` exists. A value the user already exported wins, so logs and data
+    can live elsewhere (`PROJECT_ROOT=/scratch/me python train.py`).
     """
-    root = Path(os.environ.setdefault(PROJECT_ROOT_ENV, str(Path(entry_point).resolve().parent)))
-    return root
+    return Path(os.environ.setdefault("PROJECT_ROOT", str(Path(entry_point).resolve().parent)))

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from ddpm_unet.utils.errors import UserError
 
-ATTN_PLACEMENTS = ("none", "lowest", "lowest_two", "all")
+# attention placement -> how many of the lowest-resolution levels get attention (None: all)
+_LOWEST_LEVELS = {"none": 0, "lowest": 1, "lowest_two": 2, "all": None}
 
 
 def attention_flags(ch_mults: Sequence[int], placement: str) -> list[bool]:
@@ -22,13 +23,13 @@ def attention_flags(ch_mults: Sequence[int], placement: str) -> list[bool]:
 
     Sweeps over `ch_mults` and `placement` can never pair flags and levels of different lengths.
     """
-    n = len(ch_mults)
-    if placement not in ATTN_PLACEMENTS:
+    if placement not in _LOWEST_LEVELS:
         raise UserError(
-            f"attn_placement={placement!r} is unknown: use one of {', '.join(ATTN_PLACEMENTS)}."
+            f"attn_placement={placement!r} is unknown: use one of {', '.join(_LOWEST_LEVELS)}."
         )
-    lowest = {"none": 0, "lowest": 1, "lowest_two": 2, "all": n}[placement]
-    return [i >= n - lowest for i in range(n)]
+    n = len(ch_mults)
+    lowest = _LOWEST_LEVELS[placement]
+    return [lowest is None or i >= n - lowest for i in range(n)]
 
 
 def grid_upscale(image_size: int) -> int:
@@ -50,16 +51,15 @@ def project_root() -> str:
 
 
 def register_resolvers() -> None:
-    """`${attn_at:<ch_mults>,<placement>}` -> list of bools (see `attention_flags`);
-    `${grid_upscale:<image_size>}` -> int (see `grid_upscale`);
-    `${project_root:}` -> the project root (see `project_root`)."""
-    if not OmegaConf.has_resolver("attn_at"):
-        # Returned as a ListConfig: OmegaConf wraps a plain list when a value is read, but not
-        # when the whole config is resolved (`--cfg job --resolve`, `OmegaConf.resolve`).
-        OmegaConf.register_new_resolver(
-            "attn_at", lambda m, p: OmegaConf.create(attention_flags(list(m), str(p)))
-        )
-    if not OmegaConf.has_resolver("grid_upscale"):
-        OmegaConf.register_new_resolver("grid_upscale", grid_upscale)
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", project_root)
+    """`${attn_at:<ch_mults>,<placement>}` (`attention_flags`), `${grid_upscale:<image_size>}`
+    and `${project_root:}`."""
+    resolvers = {
+        # A ListConfig: OmegaConf wraps a plain list when a value is read, but not when the
+        # whole config is resolved (`--cfg job --resolve`, `OmegaConf.resolve`).
+        "attn_at": lambda m, p: OmegaConf.create(attention_flags(list(m), str(p))),
+        "grid_upscale": grid_upscale,
+        "project_root": project_root,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

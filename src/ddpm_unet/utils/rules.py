@@ -1,10 +1,8 @@
-"""Declarative checks of single values, kept beside the object they protect.
+"""Declarative checks of single values: `Rule(key, kind, example)` says what one argument must be.
 
-A `Rule(key, kind, example)` says what one argument must be (`data.batch_size` is a whole
-number >= 1). The object declares its rules and checks its arguments with them at construction
-(`ImageDataModule`, `UNet`, `LitDiffusion`); the early config check
-(`ddpm_unet.utils.config_checks`) runs the same rules on the composed config, so each rule is
-written once and a typo such as `data.batch_size=abc` names its key before any work starts.
+An object checks its arguments with its rules at construction (`check_arguments`), and the early
+config check runs the same rules on the composed config (`check_values`), so a typo such as
+`data.batch_size=abc` names its key before any work starts (docs/design.md, "Errors").
 """
 
 from __future__ import annotations
@@ -25,8 +23,8 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class Kind:
-    """What a value must be: a whole number (`whole`) or any real number, for which `allowed`
-    holds; `words` says so to the user ("a positive whole number")."""
+    """A whole number (`whole`) or any real number for which `allowed` holds; `words` says so to
+    the user ("a positive whole number")."""
 
     whole: bool
     allowed: Callable[[float], bool]
@@ -90,7 +88,6 @@ class Choice:
     options: tuple[str, ...]
 
     def check(self, value: Any, prefix: str = "") -> None:
-        """Raise `ConfigError` unless `value` (of `prefix + key`) is one of `options`."""
         if value not in self.options:
             key = prefix + self.key
             raise ConfigError(
@@ -102,21 +99,12 @@ class Choice:
 _ABSENT = object()
 
 
-def _select(cfg: DictConfig, key: str) -> Any:
-    """The resolved value at dotted `key`, or `_ABSENT` when it (or a parent) is not there."""
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-    if not isinstance(parent, DictConfig) or leaf not in parent:
-        return _ABSENT
-    return parent[leaf]
-
-
 def check_values(cfg: DictConfig, rules: Sequence[Rule | Choice], prefix: str = "") -> None:
     """Check every key `prefix + rule.key` of `rules` that `cfg` has (a key absent from the
     config, e.g. a callback turned off, is not checked); raise `ConfigError` at the first bad
     one."""
     for rule in rules:
-        value = _select(cfg, prefix + rule.key)
+        value = OmegaConf.select(cfg, prefix + rule.key, default=_ABSENT, throw_on_missing=True)
         if value is not _ABSENT:
             rule.check(value, prefix)
 

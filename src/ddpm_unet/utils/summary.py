@@ -20,23 +20,18 @@ from torchinfo.enums import Units
 from ddpm_unet.models.unet import UNet
 from ddpm_unet.utils.errors import UserError
 
-SUMMARY_COLUMNS = ("input_size", "output_size", "num_params")
-
 
 def summarize_unet(model: UNet, image_size: int, batch_size: int = 1, depth: int = 3) -> str:
     """Return a table of every block's input shape, output shape and parameter count.
 
     * `model`: any `UNet`; the random input `x` `[batch_size, image_channels, image_size,
-      image_size]` and `t` `[batch_size]` live on its device and `x` has its dtype, so a model
-      already moved to a GPU or cast to half precision is summarised as it is
-    * `image_size`: height and width of the square input; a multiple of
-      `2 ** (len(model.ch_mults) - 1)`
-    * `batch_size`: batch dimension of the dummy input (shapes only; 1 is enough)
+      image_size]` and `t` `[batch_size]` get its device and dtype (a model on a GPU or in half
+      precision is summarised as it is)
+    * `image_size`: a multiple of `2 ** (len(model.ch_mults) - 1)`
     * `depth`: nesting shown; 3 reaches the residual and attention blocks inside each
       `DownBlock` / `UpBlock`, and the layers inside the `MiddleBlock`
     """
-    # Checked here because torchinfo would wrap the U-Net's own error in a generic one.
-    model.check_image_size(image_size)
+    model.check_image_size(image_size)  # here: torchinfo would wrap its error in a generic one
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1.")
     param = next(model.parameters())
@@ -47,7 +42,7 @@ def summarize_unet(model: UNet, image_size: int, batch_size: int = 1, depth: int
     statistics = torchinfo.summary(
         model,
         input_data=[x, t],
-        col_names=SUMMARY_COLUMNS,
+        col_names=("input_size", "output_size", "num_params"),
         depth=depth,
         verbose=0,
         # Eval mode: dropout off, and torchinfo restores the model's previous mode afterwards.
@@ -58,7 +53,8 @@ def summarize_unet(model: UNet, image_size: int, batch_size: int = 1, depth: int
     return re.sub(r"\(Units\.(\w+)\)", lambda m: f"({Units[m.group(1)].value})", str(statistics))
 
 
-def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry: build the U-Net from the arguments and print its summary."""
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_unet.utils.summary",
         description="Print every U-Net block's input/output shape and parameter count.",
@@ -82,22 +78,10 @@ def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-heads", type=int, default=1, help="attention heads")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--depth", type=int, default=3, help="nesting depth of the table")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry: build the U-Net from the arguments and print its summary."""
-    args = _parse_args(argv)
-    model = UNet(
-        image_channels=args.image_channels,
-        n_channels=args.n_channels,
-        ch_mults=args.ch_mults,
-        is_attn=[bool(a) for a in args.is_attn],
-        n_blocks=args.n_blocks,
-        n_groups=args.n_groups,
-        n_heads=args.n_heads,
-    )
-    print(summarize_unet(model, args.image_size, args.batch_size, args.depth))
+    unet_args = vars(parser.parse_args(argv))  # the U-Net's arguments, once the last 3 are out
+    shown = [unet_args.pop(key) for key in ("image_size", "batch_size", "depth")]
+    unet_args["is_attn"] = [bool(a) for a in unet_args["is_attn"]]
+    print(summarize_unet(UNet(**unet_args), *shown))
 
 
 if __name__ == "__main__":

@@ -23,24 +23,20 @@ def wandb_run_id_from_checkpoint(ckpt_path: str | Path) -> str | None:
 
 def configure_wandb(cfg: DictConfig) -> None:
     """Fill in `logger.wandb` (group, name, id) from the Hydra run; a no-op without W&B."""
-    logger_cfg = cfg.get("logger")
-    if not logger_cfg or logger_cfg.get("wandb") is None:
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
         return
-    wandb_cfg = logger_cfg.wandb
     with open_dict(wandb_cfg):
-        if HydraConfig.initialized():
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             hydra_cfg = HydraConfig.get()
-            if hydra_cfg.mode == RunMode.MULTIRUN:
-                sweep = Path(hydra_cfg.sweep.dir).name
-                # One W&B group per sweep, one W&B run per job (named by its overrides).
-                if not wandb_cfg.get("group"):
-                    wandb_cfg.group = f"{cfg.task_name}-{sweep}"
-                if not wandb_cfg.get("name"):
-                    wandb_cfg.name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+            # One W&B group per sweep, one W&B run per job (named by its overrides).
+            if not wandb_cfg.get("group"):
+                wandb_cfg.group = f"{cfg.task_name}-{Path(hydra_cfg.sweep.dir).name}"
+            if not wandb_cfg.get("name"):
+                wandb_cfg.name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path and not wandb_cfg.get("id"):
             run_id = wandb_run_id_from_checkpoint(ckpt_path)
-            if run_id:
-                # Resuming continues the same W&B run (charts go on from the saved step).
+            if run_id:  # resuming continues the same W&B run (charts go on from the saved step)
                 wandb_cfg.id = run_id
                 wandb_cfg.resume = "allow"

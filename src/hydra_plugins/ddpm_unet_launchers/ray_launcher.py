@@ -2,22 +2,12 @@
 devices.
 
 The plugin's `RayLauncher` resolves `hydra.launcher.ray.remote` once, from the sweep's base
-config, so every job of `trainer.accelerator=cpu,gpu` would ask Ray for the same resources; and
-one job whose Ray worker dies ends the whole sweep (`ray.get` raises, the other jobs are killed
-with the driver). This subclass keeps the plugin's config (`ray.init`, `ray.remote`) and its way
-of running a job (Hydra's `run_job` inside a Ray task), and changes what a sweep here needs:
-
-- `ray.remote` is resolved per job, from that job's config (`${ray_num_gpus:...}`, see
-  `ddpm_unet.utils.launchers`);
-- every job is checked before any starts (`ray_job_problems`: no DDP inside a Ray task); the bad
-  ones are named together, exit status 2;
-- a local Ray is started for the sweep unless `hydra.launcher.ray.init.address` names a running
-  cluster; options only a local start accepts (CPU/GPU counts, object-store size) are left out
-  when connecting, where Ray refuses them;
-- a job whose Ray worker dies (killed for memory, a crash in native code) is recorded as failed
-  in its `status.json` and the sweep goes on, as a job that raised is (`ddpm_unet.train.run`).
-
-Only public APIs: Hydra's `hydra.core` job helpers (what every launcher plugin calls) and Ray's.
+config (every job of `trainer.accelerator=cpu,gpu` would ask for the same resources), and one
+job whose Ray worker dies ends the whole sweep. This subclass keeps the plugin's config and its
+way of running a job (Hydra's `run_job` in a Ray task), resolves `ray.remote` per job, checks
+every job before any starts (`ray_job_problems`), and records a job whose worker dies (killed
+for memory, a native crash) as failed in its `status.json`, as for a job that raised. Only
+public APIs: Hydra's `hydra.core` job helpers (what every launcher plugin calls) and Ray's.
 """
 
 from __future__ import annotations
@@ -74,11 +64,6 @@ def init_options(init_cfg: DictConfig) -> dict[str, Any]:
     return init
 
 
-def job_dir(job_cfg: DictConfig) -> Path:
-    """The job's output folder, `<sweep dir>/<subdir>`, as the job itself will compute it."""
-    return Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)
-
-
 def run_job_in_ray(
     hydra_context: HydraContext,
     job_cfg: DictConfig,
@@ -106,8 +91,7 @@ class PerJobRayLauncher(RayLauncher):
     ) -> Sequence[JobReturn]:
         import ray
 
-        assert self.config is not None and self.hydra_context is not None
-        assert self.task_function is not None
+        assert self.config and self.hydra_context and self.task_function
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -147,7 +131,7 @@ class PerJobRayLauncher(RayLauncher):
             options = job_remote_options(job_cfg)
             asked = ", ".join(f"{k}={v}" for k, v in options.items() if k.startswith("num_"))
             log.info("\t#%d : %s (Ray: %s)", idx, described, asked or "defaults")
-            task = ray.remote(**options)(run_job_in_ray) if options else ray.remote(run_job_in_ray)
+            task = ray.remote(run_job_in_ray).options(**options)
             ref = task.remote(
                 self.hydra_context, job_cfg, self.task_function, Singleton.get_state()
             )
@@ -162,12 +146,13 @@ class PerJobRayLauncher(RayLauncher):
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as err:
-            folder = job_dir(job_cfg)
+            # the job's output folder, as the job itself computes it
+            folder = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)
             log.error("job #%d: its Ray worker died (%s); recorded in %s", idx, err, folder)
             if not (folder / "status.json").is_file():  # the job's own record wins
                 from ddpm_unet.train import write_status
 
-                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                first_line = (str(err).strip().splitlines() or [""])[0]
                 write_status(
                     folder,
                     {

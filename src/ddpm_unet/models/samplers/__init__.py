@@ -3,7 +3,6 @@
 from ddpm_unet.models.samplers.base import (
     Chain,
     ImageGenerators,
-    Noise,
     Sampler,
     build_sampler,
     sampler_or_default,
@@ -19,7 +18,6 @@ __all__ = [
     "Chain",
     "DPMSolver",
     "ImageGenerators",
-    "Noise",
     "Sampler",
     "build_sampler",
     "sampler_or_default",

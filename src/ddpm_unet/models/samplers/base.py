@@ -1,25 +1,18 @@
 """The sampler interface: the steps a sampler visits, one step, and the loop all samplers share.
 
-A sampler is a small dataclass built from `configs/sampler/<name>.yaml` (`_target_`). It knows
-nothing of the network's target: it gets `(x0, eps)` from `GaussianDiffusion.split_prediction`,
-so every sampler works for `eps`, `x0` and `v` models. Its coefficients are float64 Python
-numbers (from `diffusion.alpha_bar_at`), cast once when they meet the float32 images.
-
-Adding a sampler is one file here and one config: subclass `Sampler`, set `name`, implement
+A sampler is a small dataclass built from `configs/sampler/<name>.yaml` (`_target_`). It gets
+`(x0, eps)` from `GaussianDiffusion.split_prediction`, so it works whatever the network's target,
+and computes its coefficients as float64 Python numbers (`diffusion.alpha_bar_at`). Adding one is
+a file here and a config: subclass `Sampler` (or `SpacedSampler`), set `name`, implement
 `timesteps` and `step` (keep what a multistep method needs between steps in `chain.memory`), and
 draw any noise with `chain.noise_like(x)`.
-
-Noise comes from one generator for the whole batch, or from one generator per image
-(`ImageGenerators`): then image `i`'s starting noise and every draw of its steps come from its
-own generator, on the CPU, so they do not depend on which other images share its batch, nor on
-the device (`ddpm_unet.generation` seeds them from `(seed, index)`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -35,52 +28,21 @@ Progress = bool | Callable[[Iterable[int]], Iterable[int]]
 
 
 class ImageGenerators(tuple[torch.Generator, ...]):
-    """One CPU `torch.Generator` per image of a batch: `randn` draws each image's noise from its
-    own generator (on the CPU, then moved), so image `j`'s draws do not depend on the batch it
-    is in nor on the device."""
-
-    def __new__(cls, generators: Sequence[torch.Generator]) -> ImageGenerators:
-        for generator in generators:
-            if generator.device.type != "cpu":
-                raise ValueError(
-                    f"per-image generators must be CPU generators (got one on {generator.device})"
-                )
-        return super().__new__(cls, generators)
+    """One CPU `torch.Generator` per image of a batch: image `j`'s starting noise and every draw
+    of its steps come from generator `j` (on the CPU, then moved), so they depend neither on the
+    batch it is in nor on the device (`ddpm_unet.generation` seeds them from `(seed, index)`).
+    torch refuses a generator on another device."""
 
     def randn(self, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-        """`[len(self), *shape[1:]]` standard normal noise, row `j` from generator `j`, on
-        `device`. `shape[0]` must be the number of generators."""
+        """Noise of `shape` (`[len(self), C, H, W]`) on `device`, row `j` from generator `j`."""
         if shape[0] != len(self):
             raise ValueError(f"{len(self)} generators for a batch of {shape[0]} images")
-        rows = [torch.randn(tuple(shape[1:]), generator=g) for g in self]
-        return torch.stack(rows).to(device)
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in self]).to(device)
 
 
+# One generator (on the model's device) for the whole batch, one CPU generator per image, or
+# None (torch's global generator).
 Noise = torch.Generator | ImageGenerators | None
-"""Where a chain's noise comes from: one generator (on the model's device) for the whole batch,
-one CPU generator per image, or None (torch's global generator)."""
-
-
-def draw_noise(shape: tuple[int, ...], device: torch.device, generator: Noise) -> torch.Tensor:
-    """Standard normal noise of `shape` on `device` from `generator` (see `Noise`)."""
-    if isinstance(generator, ImageGenerators):
-        return generator.randn(shape, device)
-    return torch.randn(shape, device=device, generator=generator)
-
-
-def check_steps(steps: Any) -> None:
-    """`steps` is a whole number >= 1 (the upper bound, T, is checked in `spaced_timesteps`)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserError(
-            f"sampler.steps={steps!r} must be a whole number >= 1, e.g. sampler.steps=50."
-        )
-
-
-def check_spacing(spacing: Any) -> None:
-    if spacing not in SPACINGS:
-        raise UserError(
-            f"sampler.spacing={spacing!r} is unknown: use one of {', '.join(SPACINGS)}."
-        )
 
 
 def spaced_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[int]:
@@ -91,9 +53,6 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[i
     * `leading`: `k * (T // steps)` for `k = steps - 1 .. 0`, from below `T - 1` down to 0;
     * `trailing`: `round(T - k * T / steps) - 1` for `k = 0 .. steps - 1`, from `T - 1` down to
       `T / steps - 1` (Lin et al. 2024: starts from the noisiest step; best for few steps).
-
-    Computed in float64 with exactly `steps` entries (an `arange` with a float step can give
-    one more).
     """
     T = num_timesteps
     if not 1 <= steps <= T:
@@ -101,7 +60,7 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[i
             f"sampler.steps={steps} must be between 1 and num_timesteps={T} (the model's "
             f"model.diffusion.num_timesteps): e.g. sampler.steps={min(50, T)}."
         )
-    k = np.arange(steps, dtype=np.float64)
+    k = np.arange(steps, dtype=np.float64)  # not a float-step arange: it can give one too many
     if spacing == "linspace":
         values = np.linspace(T - 1, 0, steps, dtype=np.float64).round()
     elif spacing == "leading":
@@ -129,10 +88,15 @@ class Chain:
         """The step iteration `i` goes to; -1 (the clean data, `alpha_bar = 1`) after the last."""
         return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
 
+    def noise(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Standard normal noise of `shape` (`[N, C, H, W]`) on `device` from the generator(s)."""
+        if isinstance(self.generator, ImageGenerators):
+            return self.generator.randn(shape, device)
+        return torch.randn(shape, device=device, generator=self.generator)
+
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like `x` (`[N, C, H, W]`), drawn from the chain's
-        generator (per image with `ImageGenerators`)."""
-        return draw_noise(tuple(x.shape), x.device, self.generator)
+        """`noise` shaped like `x`, on its device."""
+        return self.noise(tuple(x.shape), x.device)
 
 
 class Sampler(ABC):
@@ -156,8 +120,7 @@ class Sampler(ABC):
     def settings(self) -> dict[str, Any]:
         """Name and settings, for logs and `sample_info.json`: `{"sampler": "ddim", "steps": 50,
         ...}` (a dataclass's fields)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        return {"sampler": self.name, **values}
+        return {"sampler": self.name, **asdict(self)}  # type: ignore[call-overload]
 
     @torch.no_grad()
     def sample(
@@ -171,14 +134,11 @@ class Sampler(ABC):
     ) -> torch.Tensor:
         """Generate `[N, C, H, W]` images in [-1, 1] from pure noise `x_T` of `shape`.
 
-        * `generator`: a `torch.Generator` on the model's device, or `ImageGenerators` (one CPU
-          generator per image), for reproducible samples (it draws `x_T`, then any noise the
-          steps add);
+        * `generator` (see `Noise`) draws `x_T`, then any noise the steps add;
         * `progress`: True for a tqdm bar, or a callable wrapping the iterable of step indices;
         * `x_T`: start from this noise instead of drawing it.
 
-        The model runs in eval mode (dropout off) under `torch.no_grad()`; its previous mode is
-        restored afterwards.
+        The model runs in eval mode (dropout off); its previous mode is restored afterwards.
         """
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -188,11 +148,7 @@ class Sampler(ABC):
                 f"with torch.Generator(device={str(device)!r})."
             )
         chain = Chain(diffusion, self.timesteps(diffusion.num_timesteps), generator)
-        x = (
-            draw_noise(tuple(shape), device, generator)
-            if x_T is None
-            else x_T.to(device=device, dtype=torch.float32)
-        )
+        x = chain.noise(shape, device) if x_T is None else x_T.to(device, torch.float32)
         iterator: Iterable[int] = range(len(chain.timesteps))
         if progress is True:
             from tqdm.auto import tqdm
@@ -212,6 +168,28 @@ class Sampler(ABC):
         return x.clamp(-1.0, 1.0)
 
 
+class SpacedSampler(Sampler):
+    """A sampler over `steps` of the `T` steps, chosen by `spacing` (`spaced_timesteps`); the
+    dataclass subclass declares both fields with its defaults."""
+
+    steps: int
+    spacing: Spacing
+
+    def __post_init__(self) -> None:
+        # The upper bound of `steps`, T, is checked in `spaced_timesteps`.
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UserError(
+                f"sampler.steps={self.steps!r} must be a whole number >= 1, e.g. sampler.steps=50."
+            )
+        if self.spacing not in SPACINGS:
+            raise UserError(
+                f"sampler.spacing={self.spacing!r} is unknown: use one of {', '.join(SPACINGS)}."
+            )
+
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        return spaced_timesteps(num_timesteps, self.steps, self.spacing)
+
+
 def sampler_or_default(sampler: Any, key: str, default: Sampler) -> Sampler:
     """`sampler` if it is a `Sampler` (built by Hydra from a nested config), `default` if None;
     anything else is a `UserError` naming `key` (e.g. `callbacks.fid.sampler`)."""
@@ -226,10 +204,9 @@ def sampler_or_default(sampler: Any, key: str, default: Sampler) -> Sampler:
 
 
 def build_sampler(config: Mapping[str, Any] | None, key: str = "sampler") -> Sampler:
-    """A `sampler:` config (a `configs/sampler/` file: `_target_` and settings) -> a `Sampler`
+    """A `sampler:` config (`_target_` and settings, as in `configs/sampler/`) -> a `Sampler`
     (DDPM when None). `key` is where the config sits (`sampler`, `callbacks.fid.sampler`): a
-    constructor's `UserError` (e.g. `sampler.steps=0`) comes out of Hydra's wrapper as is,
-    naming that key."""
+    constructor's `UserError` (`sampler.steps=0`) comes out of Hydra's wrapper naming it."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
@@ -248,11 +225,8 @@ def build_sampler(config: Mapping[str, Any] | None, key: str = "sampler") -> Sam
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if isinstance(cause, UserError):
-            message = str(cause)
-            if key != "sampler":
-                message = message.replace("sampler.", f"{key}.")
-            raise UserError(message) from None
+        if isinstance(cause, UserError):  # its message names `sampler.`: name `key` instead
+            raise UserError(str(cause).replace("sampler.", f"{key}.")) from None
         raise
     if not isinstance(sampler, Sampler):
         raise UserError(

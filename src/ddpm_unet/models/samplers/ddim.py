@@ -8,19 +8,12 @@ from typing import ClassVar
 
 import torch
 
-from ddpm_unet.models.samplers.base import (
-    Chain,
-    Sampler,
-    Spacing,
-    check_spacing,
-    check_steps,
-    spaced_timesteps,
-)
+from ddpm_unet.models.samplers.base import Chain, SpacedSampler, Spacing
 from ddpm_unet.utils.errors import UserError
 
 
 @dataclass
-class DDIM(Sampler):
+class DDIM(SpacedSampler):
     """`steps` steps (`spacing`, see `spaced_timesteps`), `x_t -> x_s` by eq. 12 of Song et al.:
 
     `x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z`, with
@@ -38,20 +31,15 @@ class DDIM(Sampler):
     spacing: Spacing = "linspace"
 
     def __post_init__(self) -> None:
-        check_steps(self.steps)
-        check_spacing(self.spacing)
+        super().__post_init__()
         if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or self.eta < 0:
             raise UserError(
                 f"sampler.eta={self.eta!r} must be a number >= 0 (0: deterministic, 1: DDPM-like "
                 f"noise), e.g. sampler.eta=0.0."
             )
 
-    def timesteps(self, num_timesteps: int) -> list[int]:
-        return spaced_timesteps(num_timesteps, self.steps, self.spacing)
-
     def step(self, chain: Chain, i: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        diffusion = chain.diffusion
-        t = chain.t(i)
+        diffusion, t = chain.diffusion, chain.t(i)
         x0, eps = diffusion.split_prediction(output, x, t)
         a_t, a_s = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(chain.t_next(i))
         sigma = self.eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))

@@ -9,18 +9,11 @@ from typing import ClassVar
 
 import torch
 
-from ddpm_unet.models.samplers.base import (
-    Chain,
-    Sampler,
-    Spacing,
-    check_spacing,
-    check_steps,
-    spaced_timesteps,
-)
+from ddpm_unet.models.samplers.base import Chain, SpacedSampler, Spacing
 
 
 @dataclass
-class DPMSolver(Sampler):
+class DPMSolver(SpacedSampler):
     """DPM-Solver++(2M) over `steps` steps, as diffusers' `DPMSolverMultistepScheduler` with
     `algorithm_type="dpmsolver++"`, `solver_order=2`, `solver_type="midpoint"`,
     `final_sigmas_type="zero"` and `lower_order_final=True`.
@@ -42,13 +35,6 @@ class DPMSolver(Sampler):
     name: ClassVar[str] = "dpm_solver"
     steps: int = 20
     spacing: Spacing = "trailing"
-
-    def __post_init__(self) -> None:
-        check_steps(self.steps)
-        check_spacing(self.spacing)
-
-    def timesteps(self, num_timesteps: int) -> list[int]:
-        return spaced_timesteps(num_timesteps, self.steps, self.spacing)
 
     def step(self, chain: Chain, i: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         diffusion = chain.diffusion
