@@ -41,7 +41,7 @@ from ddpm_unet.data.datasets import (
     PrecomputedImages,
     build_transform,
 )
-from ddpm_unet.data.folder import CorruptImagesError, ImageFolderDataset
+from ddpm_unet.data.folder import CorruptImagesError, ImageFolderDataset, find_image_files
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
 
@@ -719,6 +719,31 @@ def test_folder_split_is_the_same_on_every_listing(tmp_path: Path) -> None:
         dm.setup()
         splits.append([dm.train_dataset.source.files[i] for i in dm.val_dataset.indices])
     assert splits[0] == splits[1] and len(splits[0]) == 5
+
+
+def test_folder_listing_does_not_depend_on_the_filesystem_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two links to one folder: the walk names its files through the first link in name order,
+    # whatever order the filesystem lists the links in (else the split differs per machine).
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.new("L", (8, 8)).save(real / "x.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("a", "b"):
+        (root / name).symlink_to(real, target_is_directory=True)
+    listed = [find_image_files(root)]
+    walk = os.walk
+
+    def walk_in_reverse_order(*args, **kwargs):  # as another filesystem may list the folders
+        for dirpath, dirnames, filenames in walk(*args, **kwargs):
+            dirnames.sort(reverse=True)
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr(os, "walk", walk_in_reverse_order)
+    listed.append(find_image_files(root))
+    assert listed == [[root / "a" / "x.png"]] * 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def test_ray_runs_jobs_side_by_side_records_a_dead_worker_and_reports(tmp_path: 
             "-m",
             "hydra/launcher=ray",
             "hydra.launcher.ray.init.num_cpus=2",  # a 2-core machine: 2 one-CPU jobs at once
+            "+hydra.launcher.ray.remote.max_calls=1",  # any ray.remote option (not .options())
             JOB_CALLBACKS,
             "logger=[csv,wandb]",
             "logger.wandb.offline=true",

@@ -6,8 +6,10 @@ Reads each job folder's `.hydra/overrides.yaml`, `status.json` (written by every
 included), `samples/` and, when the CSV logger was on, `csv/version_*/metrics.csv` (best values
 over the whole run). Writes one table, best job first, as `report.csv`, `report.md` and
 `report.html` (with each job's last sample grid, linked by a relative path so the folder can be
-moved whole), and `report.png`, bar charts per metric. Jobs that did not complete come last,
-unranked, marked bold and red; values they never reached are empty, never 0.
+moved whole), and `report.png`, bar charts per metric. Jobs are ranked by the best `val/fid`
+when any job measured it (`callbacks=fid`), else `val/loss_ema`, else `val/loss` (the report says
+which). Jobs that did not complete come last, unranked, marked bold and red; values they never
+reached are empty, never 0.
 """
 
 from __future__ import annotations

@@ -71,7 +71,10 @@ class FIDCallback(L.Callback):
             cheap enough for training; `eval.py` does the full evaluation).
         seed: noise seed of the generated images: every evaluation sees the same noise, so
             changes in FID come from the weights.
+        batch_size: generated images sampled at once per rank (bounds sampling memory; does
+            not change the images).
         feature: Inception feature layer (64, 192, 768 or 2048; FID is defined on 2048).
+        inception_batch_size: images per Inception forward pass.
         compute_kid: also log `val/kid` (KID mean; keeps all features in memory).
         kid_subset_size: KID subset size (clamped to the number of images).
         inception_weights: path of the weights file (see `ddpm_unet.metrics.inception`).

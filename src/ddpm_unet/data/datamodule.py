@@ -98,7 +98,9 @@ class ImageDataModule(L.LightningDataModule):
     """Images for DDPM training: `[C, H, W]` float tensors in [-1, 1], no labels.
 
     Args:
-        dataset: one of `DATASET_NAMES` (see `ddpm_unet.data.datasets`).
+        dataset: one of `DATASET_NAMES`: `digits` (scikit-learn's bundled 8x8 digits, offline),
+            torchvision's `mnist`, `fashion_mnist`, `cifar10`, `celeba`, or `folder` (every
+            PNG/JPEG under `root`, at any depth).
         root: where torchvision datasets live or are downloaded to; for `folder`, the image
             folder itself. Ignored by `digits`.
         image_size: side of the square output (shorter side resized, centre cropped).

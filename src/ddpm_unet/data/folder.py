@@ -43,6 +43,9 @@ def find_image_files(root: Path) -> list[Path]:
             dirnames[:] = []  # already walked through another link: do not descend again
             continue
         seen.add(real)
+        # Walk sub-folders in name order: which of two links to one folder is walked (and so
+        # names its files) must not depend on the filesystem's listing order.
+        dirnames.sort()
         found += [
             Path(dirpath, name) for name in filenames if name.lower().endswith(IMAGE_EXTENSIONS)
         ]

@@ -297,8 +297,11 @@ def verified_weights_copy(
 
 @functools.lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()  # not `hashlib.file_digest`: Python 3.11+, and we support 3.10
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_fingerprint(path: str | os.PathLike[str]) -> str:

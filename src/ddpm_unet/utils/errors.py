@@ -1,4 +1,4 @@
-"""`UserError`: the one exception type for input a user can fix (docs/design.md, "Errors")."""
+"""`UserError`: the one exception type for input a user can fix (docs/design.md, "Conventions", **Errors**)."""
 
 from __future__ import annotations
 

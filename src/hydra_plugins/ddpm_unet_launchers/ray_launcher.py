@@ -131,7 +131,9 @@ class PerJobRayLauncher(RayLauncher):
             options = job_remote_options(job_cfg)
             asked = ", ".join(f"{k}={v}" for k, v in options.items() if k.startswith("num_"))
             log.info("\t#%d : %s (Ray: %s)", idx, described, asked or "defaults")
-            task = ray.remote(run_job_in_ray).options(**options)
+            # `ray.remote(**options)`, not `.options(**options)`, which refuses `max_calls`
+            # (and `ray.remote()` with no options is an error).
+            task = ray.remote(**options)(run_job_in_ray) if options else ray.remote(run_job_in_ray)
             ref = task.remote(
                 self.hydra_context, job_cfg, self.task_function, Singleton.get_state()
             )
