@@ -1,4 +1,7 @@
-"""`UserError`: the one exception type for input a user can fix (docs/design.md, "Conventions", **Errors**)."""
+"""`UserError`: the one exception type for input a user can fix.
+
+Why and how: docs/design.md, section "Conventions", the **Errors** item.
+"""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 An object checks its arguments with its rules at construction (`check_arguments`), and the early
 config check runs the same rules on the composed config (`check_values`), so a typo such as
-`data.batch_size=abc` names its key before any work starts (docs/design.md,
-"Conventions", **Errors**).
+`data.batch_size=abc` names its key before any work starts (docs/design.md, section
+"Conventions", the **Errors** item).
 """
 
 from __future__ import annotations
