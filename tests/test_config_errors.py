@@ -54,7 +54,7 @@ ATTN_AT = "model.net.is_attn='${attn_at:${model.net.ch_mults},${attn_placement}}
             "e.g. data.batch_size=64.",
         ),
         (["data.batch_size=-2"], "data.batch_size=-2 is out of range"),
-        (["data.batch_size=true"], "data.batch_size=True is not an integer"),
+        (["data.batch_size=true"], "data.batch_size=true is not an integer"),
         (["data.batch_size=null"], "data.batch_size=null is not allowed"),
         (["seed=abc"], "seed='abc' is not an integer"),
         (["seed=-1"], "seed=-1 is out of range: give a whole number from 0 to 4294967295"),

@@ -46,8 +46,11 @@ FRACTION = Kind(False, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def shown(value: Any) -> str:
-    """A value as the user would type it back: strings quoted, None as null."""
-    return "null" if value is None else repr(value)
+    """A value as the user would type it back: strings quoted, None as null, booleans as
+    true/false (YAML's spelling, not Python's)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
 @dataclass(frozen=True)
