@@ -64,6 +64,8 @@ def test_an_image_does_not_depend_on_its_batch_nor_on_the_other_images() -> None
     assert torch.equal(x_t[1], first)
     # (seed, i) pairs do not share streams, as `seed + i` would.
     assert len({image_seed(s, i) for s in range(3) for i in range(3)}) == 9
+    with pytest.raises(ValueError, match="no image indices to generate"):
+        generate_images(net, diffusion, DDPM(), [], **kwargs)
 
 
 def test_fixed_batch_pads_the_last_call_and_keeps_the_mode() -> None:

@@ -105,6 +105,8 @@ def generate_images(
         progress: as `Sampler.sample`, for each batch.
     """
     indices = [int(i) for i in indices]
+    if not indices:  # e.g. `sample_images(0)` in a notebook: say so, not `range()`'s complaint
+        raise ValueError("no image indices to generate: ask for at least one image")
     model = FixedBatch(net, model_batch)
     batch_size = batch_size or len(indices)
     chunks = []
