@@ -23,12 +23,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ddpm_unet.callbacks import signals
-from ddpm_unet.callbacks.checkpoint_io import atomic_write
 from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
 from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.callbacks.sample_grid import SampleGrid
 from ddpm_unet.utils.config_checks import check_train_config, run_config_of
 from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
+from ddpm_unet.utils.files import atomic_write
 from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from ddpm_unet.utils.launchers import warn_if_jobs_share_devices
 from ddpm_unet.utils.wandb_setup import configure_wandb

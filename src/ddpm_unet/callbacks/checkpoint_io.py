@@ -7,18 +7,16 @@ the copy left a truncated `last.ckpt`. Here the temp file is written *beside* th
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.files import atomic_write
 
 _NOT_WRITABLE = "the folder is not writable: fix its permissions or use another paths.log_dir"
 _NOT_A_FOLDER = "a parent of it is a file, not a folder: point paths.log_dir at a folder"
@@ -36,34 +34,6 @@ _HINTS = {
 class CheckpointSaveError(UserError):
     """A checkpoint could not be written (disk full, unwritable folder); names the file and the
     fix. A `UserError`: the user fixes it (space, permissions, `paths.log_dir`), not the code."""
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` atomically: `write(fileobj)` fills `<path>.tmp-<pid>`, then fsync + rename.
-
-    On any failure (an `OSError`, or an interruption mid-write) the temp file is removed, the
-    previous `path` (if any) is left untouched, and the error is raised.
-    """
-    target = Path(path)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):  # its folder may not even be one
-            tmp.unlink(missing_ok=True)
-        raise
-    # ... and the rename itself survives a power cut (where directories can be fsync'ed)
-    with contextlib.suppress(OSError):
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -187,9 +187,8 @@ class FIDCallback(L.Callback):
         self, images: torch.Tensor, real: bool, device: torch.device, show: bool = False
     ) -> None:
         """Add the Inception features (`[n, feature]` float32) of uint8 `images` `[N, 1 or 3, H,
-        W]` to the metrics, in batches."""
+        W]` to the metrics, in batches (the network is on `device`: `evaluate` put it there)."""
         assert self.inception is not None
-        self.inception.to(device)
         batches = images.split(self.inception_batch_size)
         for batch in tqdm(batches, desc="FID: generated images' features", disable=not show):
             features = self.inception(to_rgb(batch).to(device)).float()
@@ -207,6 +206,8 @@ class FIDCallback(L.Callback):
         device = pl_module.device
         if self.fid is None:
             self.reset(device)
+        assert self.inception is not None  # built in `setup`
+        self.inception.to(device)  # once per evaluation, not per batch of `_add`
         rank, world = trainer.global_rank, trainer.world_size
         show = self.progress and trainer.is_global_zero
         if self.num_samples < 2 * world:

@@ -18,11 +18,12 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +42,22 @@ SETTING_KEYS = {
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` as an `.npz` archive (readable by `np.load`) atomically (written beside
-    `path`, flushed, renamed), with the same bytes for the same arrays: fixed entry dates and
-    permissions, no compression. (`np.savez` happens to fix the dates too, but does not promise
-    it, nor write atomically.)"""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for key, array in arrays.items():
-                    info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
-                    info.external_attr = 0o644 << 16
-                    with archive.open(info, "w", force_zip64=True) as member:
-                        np.lib.format.write_array(
-                            member, np.ascontiguousarray(array), allow_pickle=False
-                        )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    """Write `arrays` as an `.npz` archive (readable by `np.load`) atomically (`atomic_write`),
+    with the same bytes for the same arrays: fixed entry dates and permissions, no compression.
+    (`np.savez` happens to fix the dates too, but does not promise it.)"""
+
+    def write(handle: IO[bytes]) -> None:
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key, array in arrays.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
+                info.external_attr = 0o644 << 16
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(
+                        member, np.ascontiguousarray(array), allow_pickle=False
+                    )
+
+    atomic_write(path, write)
+    return Path(path)
 
 
 @dataclass
@@ -122,14 +117,11 @@ class ShardStore:
         """Record `settings` (atomically), unless a manifest is there already."""
         if self.manifest_path.exists():
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / f".{MANIFEST}.{os.getpid()}.partial"
-        partial.write_text(json.dumps(dict(settings), indent=2, sort_keys=True))
-        os.replace(partial, self.manifest_path)
+        text = json.dumps(dict(settings), indent=2, sort_keys=True)
+        atomic_write(self.manifest_path, lambda handle: handle.write(text.encode()))
 
     def write_shard(self, indices: np.ndarray, images: np.ndarray) -> Path:
         """Store one batch: `indices` int `[n]`, `images` uint8 `[n, H, W, C]`."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{SHARD_PREFIX}{int(indices[0]):09d}-n{len(indices)}.npz"
         arrays = {"indices": np.asarray(indices, dtype=np.int64), "images": images}
         return write_npz(self.folder / name, arrays)

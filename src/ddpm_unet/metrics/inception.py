@@ -27,12 +27,14 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
 
 from ddpm_unet.utils.checkpoint import read_torch_file, some_names, weight_differences
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,7 @@ def _check_reachable(url: str) -> None:
 
 
 def download_weights(destination: Path, url: str = INCEPTION_WEIGHTS_URL) -> None:
-    """Download `url` to `destination`, atomically (into `<destination>.<pid>.partial`, then
-    renamed), with a progress bar.
+    """Download `url` to `destination`, atomically (`atomic_write`), with a progress bar.
 
     The socket timeout is this request's own (`urlopen(timeout=...)`), not the process-wide
     default: other threads' connections (W&B, a DataLoader) keep theirs.
@@ -122,23 +123,18 @@ def download_weights(destination: Path, url: str = INCEPTION_WEIGHTS_URL) -> Non
     from tqdm.auto import tqdm
 
     _check_reachable(url)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f"{destination.name}.{os.getpid()}.partial")
     log.info("Downloading the Inception weights from %s to %s", url, destination)
     request = urllib.request.Request(url, headers={"User-Agent": "ddpm-unet"})
-    try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_SOCKET_TIMEOUT_S) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with (
-                open(partial, "wb") as handle,
-                tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar,
-            ):
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_SOCKET_TIMEOUT_S) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+
+        def copy(handle: IO[bytes]) -> None:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     handle.write(block)
                     bar.update(len(block))
-        os.replace(partial, destination)
-    finally:
-        partial.unlink(missing_ok=True)
+
+        atomic_write(destination, copy)
 
 
 def resolve_inception_weights(

@@ -40,6 +40,7 @@ from torch.utils.data import Subset
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, UInt8RGBView
 from ddpm_unet.metrics.inception import weights_fingerprint
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +192,13 @@ def read_cache_entry(path: str | os.PathLike[str]) -> CacheItem:
 
 
 def write_cache_entry(path: str | os.PathLike[str], item: CacheItem) -> None:
-    """Store a torch-fidelity cache item as `.npz` (see `read_cache_entry`), atomically: written
-    beside `path`, then renamed, so a killed run never leaves half a file under its name."""
+    """Store a torch-fidelity cache item as `.npz` (see `read_cache_entry`), atomically
+    (`atomic_write`): a killed run never leaves half a file under its name."""
     if isinstance(item, torch.Tensor):
         arrays = {"tensor": item.detach().cpu().numpy()}
     else:
         arrays = {"mu": np.asarray(item["mu"]), "sigma": np.asarray(item["sigma"])}
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _cache_problem(path: Path, err: BaseException) -> str:
