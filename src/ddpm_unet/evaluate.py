@@ -75,6 +75,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # 2. Model, devices and (rank 0) the real images.
     model = load_model(cfg.ckpt_path, "cpu")  # the trainer moves it to its device
+    # Read now, not after the (long) sampling: a `last.ckpt` that training goes on overwriting
+    # meanwhile must not lend its newer step to the metrics of the weights evaluated.
+    epoch, global_step = _checkpoint_position(cfg.ckpt_path)
     if not model.run_config or "data" not in model.run_config:
         raise UserError(
             "the checkpoint has no run_config['data'] (it was not written by this project's "
@@ -139,7 +142,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cached_after = cache_files(cache_root, reference.cache_name) if use_cache else {}
 
     # 5. Report.
-    epoch, global_step = _checkpoint_position(cfg.ckpt_path)
     result: dict[str, Any] = {
         **values,
         "num_samples": int(cfg.num_samples),
