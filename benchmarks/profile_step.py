@@ -7,20 +7,13 @@ Prints the operators by self CPU time over 5 steps (after 3 warm-up steps).
 
 import torch
 import torch.nn.functional as F
+from model_configs import net_kwargs
 from torch.profiler import ProfilerActivity, profile
 
 from ddpm_unet.models.unet import UNet
 
 torch.manual_seed(0)
-net = UNet(
-    image_channels=1,
-    n_channels=32,
-    ch_mults=(1, 2, 2),
-    is_attn=(False, True, False),
-    n_blocks=1,
-    n_groups=8,
-    dropout=0.0,
-).to(memory_format=torch.channels_last)
+net = UNet(**net_kwargs("unet_small")).to(memory_format=torch.channels_last)
 opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 x = torch.randn(256, 1, 8, 8).to(memory_format=torch.channels_last)
 t = torch.randint(0, 1000, (256,))

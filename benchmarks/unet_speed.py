@@ -48,6 +48,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from model_configs import net_kwargs  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from ddpm_unet.models.diffusion import GaussianDiffusion  # noqa: E402
@@ -67,28 +68,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "image_size": 32,
         "batch_size": {"cpu": 4, "cuda": 128},
     },
-    # The DDPM paper's CIFAR-10 layout (34,974,339 parameters here).
+    # configs/model/unet_ddpm_cifar10.yaml: the DDPM paper's CIFAR-10 network (34,974,339
+    # parameters here).
     "ddpm_cifar10": {
-        "model": dict(
-            image_channels=3,
-            n_channels=128,
-            ch_mults=(1, 2, 2, 2),
-            is_attn=(False, True, False, False),
-            n_blocks=2,
-        ),
+        "model": net_kwargs("unet_ddpm_cifar10", "cifar10"),
         "image_size": 32,
         "batch_size": {"cpu": 4, "cuda": 128},
     },
-    # The small model used for quick experiments (grayscale 8x8).
-    # configs/model/unet_small.yaml: the default digits network (one block per level).
+    # configs/model/unet_small.yaml on digits: the default network (grayscale 8x8).
     "unet_small": {
-        "model": dict(
-            image_channels=1,
-            n_channels=32,
-            ch_mults=(1, 2, 2),
-            is_attn=(False, True, False),
-            n_blocks=1,
-        ),
+        "model": net_kwargs("unet_small", "digits"),
         "image_size": 8,
         "batch_size": {"cpu": 64, "cuda": 512},
     },
@@ -297,7 +286,7 @@ def count_training_flops(model_kwargs: dict[str, Any], image_size: int) -> int:
     convolutions, which dominate).
     """
     torch.manual_seed(0)
-    model = UNet(**model_kwargs, attn_backend="einsum")
+    model = UNet(**{**model_kwargs, "attn_backend": "einsum"})
     diffusion = GaussianDiffusion()
     x0 = torch.randn(1, model.image_channels, image_size, image_size)
     with FlopCounterMode(display=False) as counter:
@@ -363,7 +352,7 @@ def _make_training_step(
 ) -> tuple[Callable[[], None], int]:
     """Build model, optimiser and data; return the training-step closure and the model's size."""
     torch.manual_seed(0)  # same weights and data for both backends
-    model = UNet(**spec["model"], attn_backend=backend).to(device)
+    model = UNet(**{**spec["model"], "attn_backend": backend}).to(device)
     params = sum(p.numel() for p in model.parameters())
     memory_format = torch.channels_last if "channels_last" in options else torch.contiguous_format
     model = model.to(memory_format=memory_format)
