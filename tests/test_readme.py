@@ -512,3 +512,21 @@ def test_paths_are_anchored_at_the_project_root(tmp_path: Path) -> None:
     assert f"dir: {ROOT}/logs/train/multiruns/" in done.stdout
     assert f"root: {ROOT}/data\n" in done.stdout
     assert not any(tmp_path.iterdir())  # nothing written where the command was started
+
+
+@pytest.mark.parametrize("name", ["unet_small", "unet_ddpm_cifar10", "unet_seed"])
+def test_parameter_counts_in_the_readme_are_the_configs(name: str) -> None:
+    """The count the configs table gives each `model=` preset is that of the network its config
+    builds (one number per preset: other layouts are named by what differs, e.g. "2 blocks")."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    counts = re.findall(rf"`{name}` \([^)]*?([\d,]+) params", README.read_text())
+    assert len(counts) == 1, counts
+    data = "digits" if name == "unet_small" else "cifar10"  # the images each is made for
+    net = instantiate(compose_train([f"model={name}", f"data={data}"]).model.net)
+    assert int(counts[0].replace(",", "")) == sum(p.numel() for p in net.parameters())
+    # a table row naming the preset and only a resolution gives the preset's own count
+    for row in re.findall(rf"^\| {name} \(\d+x\d+\) \| ([\d,]+) \|", README.read_text(), re.M):
+        assert row == counts[0], row
