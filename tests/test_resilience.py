@@ -53,7 +53,9 @@ def _max_weight_diff(a: dict, b: dict) -> float:
 def _with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
     """Add `callback` to the next runs' callbacks (what the config builds, plus this one)."""
     build = instantiate_module.instantiate_callbacks
-    monkeypatch.setattr(instantiate_module, "instantiate_callbacks", lambda c: [*build(c), callback])
+    monkeypatch.setattr(
+        instantiate_module, "instantiate_callbacks", lambda c: [*build(c), callback]
+    )
 
 
 class _SignalAtStep(L.Callback):

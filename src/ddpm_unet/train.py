@@ -95,6 +95,7 @@ def load_init_weights(model: L.LightningModule, path: str) -> None:
     for name in [*wanted, *found]:
         mine, theirs = wanted.get(name), found.get(name)
         if mine is None or theirs is None or mine.shape != theirs.shape:
+
             def shape(t: torch.Tensor | None) -> str:
                 return "absent" if t is None else str(list(t.shape))
 

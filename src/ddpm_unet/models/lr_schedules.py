@@ -68,12 +68,7 @@ class WarmupCosine:
             )
         elif self.decay == "cosine":
             total = int(total_steps)
-        return LambdaLR(optimizer, functools.partial(lr_factor, warmup=warmup, total=total,
-                                                     min_ratio=self.min_lr_ratio))
-
-
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: float, **settings: object
-) -> LambdaLR:
-    """`WarmupCosine(**settings)(optimizer, total_steps)`."""
-    return WarmupCosine(**settings)(optimizer, total_steps)  # type: ignore[arg-type]
+        return LambdaLR(
+            optimizer,
+            functools.partial(lr_factor, warmup=warmup, total=total, min_ratio=self.min_lr_ratio),
+        )

@@ -151,9 +151,9 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
             found = re.search(r"^full_key: (\S+)$", str(err), re.MULTILINE)
             where = found.group(1) if found else where
             err = err.__cause__
-        if isinstance(err, ConfigError | FileNotFoundError):
-            raise err from None  # already names its key or its file
-        if not isinstance(err, ValueError | TypeError | MisconfigurationException | InstantiationException):
+        if not isinstance(
+            err, ValueError | TypeError | MisconfigurationException | InstantiationException
+        ):
             raise err  # a bug (RuntimeError, ...) inside a constructor: its own traceback
         message = str(err).split("\nfull_key:")[0].replace("\n", " ")
         raise ConfigError(f"{where}: {message}") from err
