@@ -21,7 +21,6 @@ import lightning as L
 import pytest
 import torch
 
-import ddpm_unet.train as train_module
 import ddpm_unet.utils.instantiate as instantiate_module
 from ddpm_unet.callbacks import checkpoint_io
 from ddpm_unet.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError

@@ -28,8 +28,8 @@ from ddpm_unet.callbacks.sample_grid import SampleGrid
 from ddpm_unet.utils.checkpoint import read_lit_checkpoint
 from ddpm_unet.utils.config_checks import check_train_config
 from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
-from ddpm_unet.utils.files import atomic_write
 from ddpm_unet.utils.errors import ConfigError
+from ddpm_unet.utils.files import atomic_write
 from ddpm_unet.utils.launchers import warn_if_jobs_share_devices
 
 log = logging.getLogger(__name__)

@@ -154,7 +154,7 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
         if not isinstance(
             err, ValueError | TypeError | MisconfigurationException | InstantiationException
         ):
-            raise err  # a bug (RuntimeError, ...) inside a constructor: its own traceback
+            raise err from err.__cause__  # a bug (RuntimeError, ...): its own traceback
         message = str(err).split("\nfull_key:")[0].replace("\n", " ")
         raise ConfigError(f"{where}: {message}") from err
 
