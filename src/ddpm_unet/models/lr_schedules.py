@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -33,6 +34,20 @@ def lr_factor(step: int, warmup: int, total: int | None = None, min_ratio: float
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ReplannedLambdaLR(LambdaLR):
+    """`LambdaLR` whose restored state follows this run's multiplier: loading a checkpoint sets
+    the optimiser's lr (restored just before, by Lightning) to the multiplier at the step
+    reached. The same run length gives the saved lr exactly; a longer one its own plan's."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        step = self.last_epoch
+        lrs = [base * fn(step) for base, fn in zip(self.base_lrs, self.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = lrs
 
 
 class WarmupCosine:
@@ -68,7 +83,7 @@ class WarmupCosine:
             )
         elif self.decay == "cosine":
             total = int(total_steps)
-        return LambdaLR(
+        return ReplannedLambdaLR(
             optimizer,
             functools.partial(lr_factor, warmup=warmup, total=total, min_ratio=self.min_lr_ratio),
         )
