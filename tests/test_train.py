@@ -92,7 +92,7 @@ def test_checkpoint_holds_ema_and_run_config_and_resume_continues(tmp_path: Path
 
 def test_bad_config_combination_fails_before_work(tmp_path: Path) -> None:
     cfg = compose_train([*TINY_OVERRIDES, "model.net.is_attn=[false]"], tmp_path)
-    with pytest.raises(ConfigError, match=r"model.net.is_attn=\[False\] has 1 entries"):
+    with pytest.raises(ConfigError, match=r"model.net.*is_attn=\[False\] has 1 entries"):
         run(cfg)
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "failed" and "is_attn" in status["error"]

@@ -26,7 +26,7 @@ from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
 from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.callbacks.sample_grid import SampleGrid
 from ddpm_unet.utils.checkpoint import read_lit_checkpoint
-from ddpm_unet.utils.config_checks import check_train_config
+from ddpm_unet.utils.config_checks import check_train_config, run_config_of  # noqa: F401 (tests)
 from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
 from ddpm_unet.utils.errors import ConfigError
 from ddpm_unet.utils.files import atomic_write

@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-from ddpm_unet.utils.config_checks import build, run_config_of
+from ddpm_unet.utils.config_checks import build
 from ddpm_unet.utils.errors import ConfigError, UserError
 
 
@@ -54,7 +54,6 @@ class SweepCheck(HydraCallback):
         for job in jobs:
             try:
                 job_cfg = loader.load_sweep_config(config, job)
-                run_config_of(job_cfg)  # every `${...}` resolves (e.g. attn_placement)
                 build(job_cfg.data, "data")
                 build(job_cfg.model, "model")
             except UserError as err:
