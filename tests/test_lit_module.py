@@ -53,7 +53,7 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(tmp_pat
             *TINY_OVERRIDES,
             "debug=limit",
             "trainer.max_epochs=2",
-            "+trainer.accumulate_grad_batches=2",
+            "trainer.accumulate_grad_batches=2",
         ],
         tmp_path,
     )
