@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from torch import nn
 
-from ddpm_unet.models.lr_schedules import warmup_cosine
+from ddpm_unet.models.lr_schedules import WarmupCosine
 from ddpm_unet.models.samplers import DDIM
 from ddpm_unet.sample import load_model
 from ddpm_unet.train import fit, run_config_of
@@ -53,7 +53,7 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(tmp_pat
             *TINY_OVERRIDES,
             "debug=limit",
             "trainer.max_epochs=2",
-            "+trainer.accumulate_grad_batches=2",
+            "trainer.accumulate_grad_batches=2",
         ],
         tmp_path,
     )
@@ -152,16 +152,16 @@ def test_fit_on_a_config_composed_with_hydras_section(tmp_path: Path) -> None:
 def test_warmup_cosine_refuses_what_it_cannot_schedule(caplog: pytest.LogCaptureFixture) -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(UserError, match="decay=cosine needs a known run length"):
-        warmup_cosine(opt, math.inf, warmup_steps=2, decay="cosine")
+        WarmupCosine(warmup_steps=2, decay="cosine")(opt, math.inf)
     # A run within its warm-up (a debug run) only warms up, and says so.
     with caplog.at_level(logging.WARNING, logger="ddpm_unet.models.lr_schedules"):
-        short = warmup_cosine(opt, 2, warmup_steps=2, decay="cosine")
-    assert "only 2 optimiser steps, within model.scheduler.warmup_steps=2" in caplog.text
+        short = WarmupCosine(warmup_steps=2, decay="cosine")(opt, 2)
+    assert "only 2 optimiser steps, within warmup_steps=2" in caplog.text
     assert [short.lr_lambdas[0](i) for i in range(2)] == [0.5, 1.0]
-    with pytest.raises(UserError, match="model.scheduler.decay='linear' is unknown"):
-        warmup_cosine(opt, 10, decay="linear")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="decay='linear' is unknown"):
+        WarmupCosine(decay="linear")
     # Without decay an unknown run length is fine: warm-up, then constant.
-    sched = warmup_cosine(opt, math.inf, warmup_steps=2)
+    sched = WarmupCosine(warmup_steps=2)(opt, math.inf)
     assert [sched.lr_lambdas[0](s) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
 
 

@@ -21,7 +21,7 @@ import lightning as L
 import pytest
 import torch
 
-import ddpm_unet.train as train_module
+import ddpm_unet.utils.instantiate as instantiate_module
 from ddpm_unet.callbacks import checkpoint_io
 from ddpm_unet.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
 from ddpm_unet.callbacks.divergence import TrainingDivergedError
@@ -51,8 +51,10 @@ def _max_weight_diff(a: dict, b: dict) -> float:
 
 def _with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
     """Add `callback` to the next runs' callbacks (what the config builds, plus this one)."""
-    build = train_module.instantiate_callbacks
-    monkeypatch.setattr(train_module, "instantiate_callbacks", lambda cfg: [*build(cfg), callback])
+    build = instantiate_module.instantiate_callbacks
+    monkeypatch.setattr(
+        instantiate_module, "instantiate_callbacks", lambda c: [*build(c), callback]
+    )
 
 
 class _SignalAtStep(L.Callback):
