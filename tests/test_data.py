@@ -417,7 +417,9 @@ def test_mnist_family_reads_idx_files(tmp_path: Path, name: str, folder: str) ->
     assert x.shape[0] == 4
     assert dm.class_names is None and dm.num_classes is None
 
-    labelled = ImageDataModule(name, root=tmp_path, image_size=28, image_channels=1, with_labels=True)
+    labelled = ImageDataModule(
+        name, root=tmp_path, image_size=28, image_channels=1, with_labels=True
+    )
     labelled.setup()
     cls = tv_datasets.MNIST if name == "mnist" else tv_datasets.FashionMNIST
     assert labelled.class_names == cls.classes

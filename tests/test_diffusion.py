@@ -89,7 +89,9 @@ def test_sigmoid_schedule_matches_lucidrains(start: float, end: float, tau: floa
 
 
 def test_bad_schedule_names_the_value() -> None:
-    with pytest.raises(UserError, match="^schedule='quadratic' is unknown: use one of cosine, linear, sigmoid"):
+    with pytest.raises(
+        UserError, match="^schedule='quadratic' is unknown: use one of cosine, linear, sigmoid"
+    ):
         make_betas("quadratic", 10)
     with pytest.raises(UserError, match="num_timesteps=0"):
         make_betas("linear", 0)
@@ -220,7 +222,9 @@ def test_bad_diffusion_arguments_name_the_value() -> None:
         GaussianDiffusion(10, loss_weighting="snr")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="min_snr_gamma=0"):
         GaussianDiffusion(10, loss_weighting="min_snr", min_snr_gamma=0)
-    with pytest.raises(UserError, match="^prediction_type='noise' is unknown: use one of eps, x0, v"):
+    with pytest.raises(
+        UserError, match="^prediction_type='noise' is unknown: use one of eps, x0, v"
+    ):
         GaussianDiffusion(10, prediction_type="noise")  # type: ignore[arg-type]
     with pytest.raises(UserError, match=r"^schedule_kwargs=\[1\] must be a mapping"):
         GaussianDiffusion(10, schedule_kwargs=[1])  # type: ignore[arg-type]

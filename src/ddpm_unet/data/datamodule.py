@@ -122,13 +122,17 @@ class ImageDataModule(L.LightningDataModule):
         with_labels: bool = False,
     ) -> None:
         if dataset not in DATASET_NAMES:
-            raise UserError(f"dataset={dataset!r} is unknown: use one of {', '.join(DATASET_NAMES)}.")
+            raise UserError(
+                f"dataset={dataset!r} is unknown: use one of {', '.join(DATASET_NAMES)}."
+            )
         if with_labels and dataset == "celeba":
             raise UserError(
                 "with_labels=True, but dataset='celeba' has no classes: train it unconditionally "
                 "(with_labels=False), or use a dataset with labels (a folder of class sub-folders)."
             )
-        whole = dict(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed)
+        whole = dict(
+            image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed
+        )
         if max_bad_files is not None:
             whole["max_bad_files"] = max_bad_files
         for name, value in whole.items():
@@ -137,8 +141,10 @@ class ImageDataModule(L.LightningDataModule):
                 raise UserError(f"{name}={value!r} must be a whole number >= {low}.")
         if image_channels not in (1, 3) or isinstance(image_channels, bool):
             raise UserError(f"image_channels={image_channels!r} must be 1 (grey) or 3 (RGB).")
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not (
-            0 < val_fraction < 1
+        if (
+            isinstance(val_fraction, bool)
+            or not isinstance(val_fraction, int | float)
+            or not (0 < val_fraction < 1)
         ):
             raise UserError(f"val_fraction={val_fraction!r} must be a number between 0 and 1.")
         super().__init__()
@@ -251,9 +257,7 @@ class ImageDataModule(L.LightningDataModule):
         self._require(split)
         return self._images(split, flip=False, labels=False)
 
-    def _images(
-        self, split: str, flip: bool, labels: bool
-    ) -> ImageDataset | PrecomputedImages:
+    def _images(self, split: str, flip: bool, labels: bool) -> ImageDataset | PrecomputedImages:
         source, indices = self._sources[split]
         size, channels = self.hparams.image_size, self.hparams.image_channels
         if isinstance(source, TensorDataset):

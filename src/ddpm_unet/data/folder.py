@@ -1,10 +1,11 @@
 """Every PNG/JPEG image under a folder, at any depth, as one dataset.
 
 Unlike torchvision's `ImageFolder`, no class sub-folders are required; with `with_labels` they
-are, with its convention: each top-level sub-folder is a class, classes in sorted name order. Files are listed in sorted
-path order, so an image's index (and hence the seeded train/val split) is the same on every
-machine. Every file is decoded in full at construction, so a damaged one is skipped with a
-warning there instead of killing a DataLoader worker mid-epoch (`is_readable_image`).
+are, with its convention: each top-level sub-folder is a class, classes in sorted name order.
+Files are listed in sorted path order, so an image's index (and hence the seeded train/val
+split) is the same on every machine. Every file is decoded in full at construction, so a damaged
+one is skipped with a warning there instead of killing a DataLoader worker mid-epoch
+(`is_readable_image`).
 """
 
 from __future__ import annotations

@@ -67,8 +67,10 @@ class GaussianDiffusion(nn.Module):
         ):
             if value not in choices:
                 raise UserError(f"{name}={value!r} is unknown: use one of {', '.join(choices)}.")
-        if isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, int | float) or not (
-            min_snr_gamma > 0
+        if (
+            isinstance(min_snr_gamma, bool)
+            or not isinstance(min_snr_gamma, int | float)
+            or not (min_snr_gamma > 0)
         ):
             raise UserError(f"min_snr_gamma={min_snr_gamma!r} must be a number > 0, e.g. 5.0.")
         if schedule_kwargs is not None and not isinstance(schedule_kwargs, Mapping):

@@ -95,7 +95,9 @@ class LitDiffusion(L.LightningModule):
     ) -> None:
         for name, value in (("ema_decay", ema_decay), ("cond_drop_prob", cond_drop_prob)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise UserError(f"{name}={value!r} must be a number from 0 up to (not including) 1.")
+                raise UserError(
+                    f"{name}={value!r} must be a number from 0 up to (not including) 1."
+                )
         if isinstance(val_seed, bool) or not isinstance(val_seed, int) or not 0 <= val_seed < 2**32:
             raise UserError(f"val_seed={val_seed!r} must be a whole number from 0 to 4294967295.")
         super().__init__()

@@ -89,9 +89,7 @@ def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
     """`betas [num_timesteps]` (float64) of the registered schedule `name`; `UserError` for an
     unknown name, a `num_timesteps` below 1, or a keyword argument the schedule does not take."""
     if name not in SCHEDULES:
-        raise UserError(
-            f"schedule={name!r} is unknown: use one of {', '.join(sorted(SCHEDULES))}."
-        )
+        raise UserError(f"schedule={name!r} is unknown: use one of {', '.join(sorted(SCHEDULES))}.")
     if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
         raise UserError(f"num_timesteps={num_timesteps!r} must be a whole number >= 1, e.g. 1000.")
     takes = list(inspect.signature(SCHEDULES[name]).parameters)[1:]  # after num_timesteps

@@ -337,8 +337,11 @@ class UNet(nn.Module):
         """Raise `UserError` unless square images of side `image_size` halve without remainder
         through this U-Net's levels (else the skips and the up path differ in size)."""
         factor = 2 ** (len(self.ch_mults) - 1)
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1 or (
-            image_size % factor
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, int)
+            or image_size < 1
+            or (image_size % factor)
         ):
             raise UserError(
                 f"image_size={image_size!r} does not halve through the {len(self.ch_mults)} "
