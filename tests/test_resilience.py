@@ -1,8 +1,8 @@
 """Nothing lost, nothing run (issue 14): last.ckpt, run folders, NaNs, signals, atomic saves.
 
-Signals are sent with `os.kill`: to `python train.py` subprocesses from outside (SIGTERM, SIGINT,
-SIGKILL at whatever moment they land), and in-process at a chosen step for the exact-resume
-checks.
+Signals are real, sent with `os.kill`: to two `python train.py` processes from outside (SIGINT
+during set-up, SIGTERM once training saved a checkpoint), and in-process at a chosen step for
+the exact-resume check.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import pytest
 import torch
 
 import ddpm_unet.train as train_module
-from ddpm_unet.callbacks import checkpoint_io
-from ddpm_unet.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
 from ddpm_unet.callbacks.divergence import TrainingDivergedError
+from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.train import run
+from ddpm_unet.utils import checkpoint as checkpoint_module
+from ddpm_unet.utils.checkpoint import AtomicCheckpointIO, CheckpointSaveError
 from ddpm_unet.utils.config_checks import ConfigError
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.interrupts import Interrupted, handle_signals, raise_if_interrupted
 from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
 
 # 3 batches per epoch, validation every epoch, no sample grids until the end, dropout on (so
@@ -94,34 +96,21 @@ def test_last_ckpt_is_the_final_state_and_the_summary_names_the_files(
     assert not (reference_run / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def test_existing_run_folder_is_refused_before_anything_is_overwritten(
-    reference_run: Path,
-) -> None:
-    status_before = (reference_run / "status.json").read_bytes()
-    last_before = (reference_run / "checkpoints" / "last.ckpt").read_bytes()
+def test_an_earlier_runs_folder_is_refused_naming_both_ways_out(reference_run: Path) -> None:
+    check_run_folder(reference_run, ckpt_path=str(reference_run / "checkpoints" / "last.ckpt"))
     with pytest.raises(ConfigError) as err:
-        run(compose_train(RUN, reference_run))
+        check_run_folder(reference_run, ckpt_path=None)
     message = str(err.value)
     assert f"ckpt_path={reference_run / 'checkpoints' / 'last.ckpt'}" in message
     assert "new folder" in message and "hydra.run.dir" in message
-    assert (reference_run / "status.json").read_bytes() == status_before
-    assert (reference_run / "checkpoints" / "last.ckpt").read_bytes() == last_before
 
 
-def test_cli_run_folders_never_collide_and_an_old_one_is_not_reused(tmp_path: Path) -> None:
-    # Two runs started together (stopped by a bad value right after their folder is made).
-    args = [sys.executable, "train.py", "model.net.is_attn=[false]", f"paths.log_dir={tmp_path}"]
-    procs = [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in "ab"]
-    for proc in procs:
-        proc.communicate(timeout=300)
-    folders = sorted((tmp_path / "train" / "runs").iterdir())
-    assert len(folders) == 2, folders
-    # The same folder again, now holding a checkpoint, without ckpt_path: refused, nothing written.
-    old = folders[0]
+def test_cli_refuses_an_old_run_folder_before_hydra_writes_into_it(tmp_path: Path) -> None:
+    old = tmp_path / "old_run"
+    (old / ".hydra").mkdir(parents=True)
+    (old / ".hydra" / "config.yaml").write_text("an earlier run's config\n")
     (old / "checkpoints").mkdir()
     (old / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's weights")
-    config_before = (old / ".hydra" / "config.yaml").read_bytes()
-    status_before = (old / "status.json").read_bytes()
     result = subprocess.run(
         [sys.executable, "train.py", f"hydra.run.dir={old}", f"paths.log_dir={tmp_path}"],
         cwd=ROOT,
@@ -132,8 +121,8 @@ def test_cli_run_folders_never_collide_and_an_old_one_is_not_reused(tmp_path: Pa
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"ckpt_path={old / 'checkpoints' / 'last.ckpt'}" in result.stderr
     assert "Traceback" not in result.stderr
-    assert (old / ".hydra" / "config.yaml").read_bytes() == config_before
-    assert (old / "status.json").read_bytes() == status_before
+    assert (old / ".hydra" / "config.yaml").read_text() == "an earlier run's config\n"
+    assert sorted(p.name for p in old.iterdir()) == [".hydra", "checkpoints"]
 
 
 class _PoisonWeightsAtStep(L.Callback):
@@ -189,20 +178,34 @@ def test_user_error_inside_fit_writes_no_interrupted_checkpoint(
     assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_are_recorded_until_a_safe_point_and_handlers_restored() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with handle_signals():
+        raise_if_interrupted()  # nothing received yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        with handle_signals(), pytest.raises(Interrupted) as info:  # nested: the signal is kept
+            raise_if_interrupted()
+        assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):  # a SIGINT after a signal: stop at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with handle_signals():
+        raise_if_interrupted()  # a new block forgets the earlier signal
+
+
 def test_signal_mid_epoch_saves_interrupted_ckpt_and_resume_is_exact(
-    signum: int, reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    step = 4 if signum == signal.SIGTERM else 3  # mid-epoch / at an epoch's end
-    _with_extra_callback(monkeypatch, _SignalAtStep(step, signum))
+    _with_extra_callback(monkeypatch, _SignalAtStep(4, signal.SIGTERM))
     with pytest.raises(SystemExit) as exit_info:
         run(compose_train(RUN, tmp_path / "stopped"))
-    assert exit_info.value.code == 128 + signum
+    assert exit_info.value.code == 128 + signal.SIGTERM
     status = json.loads((tmp_path / "stopped" / "status.json").read_text())
     ckpt = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
-    assert status["status"] == "interrupted" and status["step"] == step
-    assert status["checkpoint"] == str(ckpt)
-    assert _load(ckpt)["global_step"] == step
+    assert status["status"] == "interrupted" and status["step"] == 4
+    assert status["signal"] == "SIGTERM" and status["checkpoint"] == str(ckpt)
+    assert _load(ckpt)["global_step"] == 4
 
     monkeypatch.undo()
     run(compose_train([*RUN, f"ckpt_path={ckpt}"], tmp_path / "resumed"))
@@ -210,10 +213,11 @@ def test_signal_mid_epoch_saves_interrupted_ckpt_and_resume_is_exact(
     reference = _load(reference_run / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == reference["global_step"] == 9
     assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
+    assert not (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def _start_cli(out: Path, extra: list[str]) -> subprocess.Popen:
-    args = [f"hydra.run.dir={out}", f"paths.log_dir={out.parent}", *RUN, *extra]
+def _start_cli(out: Path) -> subprocess.Popen:
+    args = [f"hydra.run.dir={out}", f"paths.log_dir={out.parent}", *RUN]
     args = [a for a in args if not a.startswith("trainer.max_epochs")]
     return subprocess.Popen(
         [sys.executable, "train.py", *args, "trainer.max_epochs=8"],
@@ -233,41 +237,26 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.02)
 
 
-def test_cli_sigterm_sigint_sigkill_whenever_they_land(tmp_path: Path) -> None:
-    """Three runs at once: SIGINT as soon as the run folder exists (set-up, before training),
-    SIGTERM once training has saved a checkpoint, SIGKILL likewise; then resume the killed one."""
-    early = _start_cli(tmp_path / "sigint", [])
-    late = _start_cli(tmp_path / "sigterm", [])
-    killed = _start_cli(tmp_path / "sigkill", [])
+def test_cli_sigint_during_set_up_and_sigterm_during_training(tmp_path: Path) -> None:
+    """Two runs at once: SIGINT as soon as the run folder exists (set-up, before training),
+    SIGTERM once training has saved a checkpoint. Both save interrupted.ckpt, record the
+    interruption and exit with 128 + the signal number."""
+    early = _start_cli(tmp_path / "sigint")
+    late = _start_cli(tmp_path / "sigterm")
     _wait_for(tmp_path / "sigint" / ".hydra" / "config.yaml", early)
     os.kill(early.pid, signal.SIGINT)
     _wait_for(tmp_path / "sigterm" / "checkpoints" / "last.ckpt", late)
     os.kill(late.pid, signal.SIGTERM)
-    _wait_for(tmp_path / "sigkill" / "checkpoints" / "last.ckpt", killed)
-    os.kill(killed.pid, signal.SIGKILL)
     for proc, name, code in ((early, "sigint", 130), (late, "sigterm", 143)):
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == code, stderr[-3000:]
+        assert f"{name.upper()}: stopped at step" in stderr and "Traceback" not in stderr
         status = json.loads((tmp_path / name / "status.json").read_text())
         ckpt = tmp_path / name / "checkpoints" / "interrupted.ckpt"
         assert status["status"] == "interrupted" and status["checkpoint"] == str(ckpt)
+        assert status["resume"] == f"ckpt_path={ckpt}"
         assert _load(ckpt)["global_step"] == status["step"]
     assert json.loads((tmp_path / "sigterm" / "status.json").read_text())["step"] >= 3
-    killed.communicate(timeout=60)
-    assert killed.returncode == -signal.SIGKILL
-    assert not list((tmp_path / "sigkill" / "checkpoints").glob("*.tmp-*"))
-
-    # Resume the SIGKILLed run from whatever last.ckpt it left: the same weights as a run of
-    # the same length never interrupted.
-    whole = [*[a for a in RUN if not a.startswith("trainer.max_epochs")], "trainer.max_epochs=8"]
-    last = tmp_path / "sigkill" / "checkpoints" / "last.ckpt"
-    assert _load(last)["global_step"] < 24  # killed before the end
-    run(compose_train([*whole, f"ckpt_path={last}"], tmp_path / "resumed"))
-    run(compose_train(whole, tmp_path / "whole"))
-    resumed = _load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    reference = _load(tmp_path / "whole" / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == reference["global_step"] == 24
-    assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
 
 
 def _checkpoint() -> dict:
@@ -287,7 +276,7 @@ def test_atomic_save_disk_full_leaves_the_old_file_and_no_partial_or_temp_file(
         fh.write(b"\0" * 1000)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
     with pytest.raises(CheckpointSaveError, match=r"last.ckpt: No space left .*disk is full"):
         io.save_checkpoint({**_checkpoint(), "global_step": 8}, target)
     assert target.read_bytes() == good  # the previous checkpoint, whole
@@ -304,19 +293,3 @@ def test_atomic_save_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path
     with pytest.raises(CheckpointSaveError, match=r"could not save the checkpoint .*paths.log_dir"):
         AtomicCheckpointIO().save_checkpoint(_checkpoint(), blocker / "checkpoints" / "last.ckpt")
     assert blocker.read_text() == "not a folder"
-
-
-def test_ddp_launcher_hook_is_checked_before_it_is_replaced(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The private Lightning function train.py replaces (to start DDP ranks in the job's folder)
-    is there, and replaced; were it gone, the error names the Lightning version instead of every
-    rank silently starting a run of its own."""
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    from ddpm_unet.utils.distributed import hydra_ddp_subprocess_cmd, install_hydra_ddp_launcher
-
-    assert subprocess_script._hydra_subprocess_cmd is hydra_ddp_subprocess_cmd  # by train.py
-    monkeypatch.delattr(subprocess_script, "_hydra_subprocess_cmd")
-    with pytest.raises(RuntimeError, match=rf"lightning {L.__version__} has no .*_hydra_subproc"):
-        install_hydra_ddp_launcher()
