@@ -505,7 +505,7 @@ class InterruptCheckpoint(Checkpoint):
     and writes `<dirpath>/<filename>.ckpt` then, or after a crash once training made progress;
     removed after a run that completes.
 
-    Checked when sanity checks or training start (a signal during set-up), after every training
+    Checked when sanity checks or training start (a signal during set-up), before every training
     batch and when training ends; Lightning's own SIGTERM flag stops validation. Nothing is written
     for a user error (bad input, a diverged run, a full disk) or an error before any training step
     of this process (the file would hold an untrained model). Not Lightning's
@@ -540,7 +540,9 @@ class InterruptCheckpoint(Checkpoint):
         self._start_step = trainer.global_step
         self._stop_if_interrupted(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        # Not at a batch's end: the step's lr-schedule update and progress counters come after
+        # `on_train_batch_end`, and a checkpoint saved there resumes one schedule step behind.
         self._stop_if_interrupted(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
