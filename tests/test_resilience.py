@@ -68,40 +68,60 @@ class _SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run of RUN (9 steps): the weights every resume must reproduce."""
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """An uninterrupted run of RUN (9 steps): the weights every resume must reproduce; and the
+    messages of `ddpm_unet.train`. Best checkpoints every 2nd epoch only (the weights do not
+    depend on it), so the 3rd epoch saves none."""
     out = tmp_path_factory.mktemp("reference")
-    run(compose_train(RUN, out))
-    return out
+    logger, records = logging.getLogger("ddpm_unet.train"), _Records()
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        run(compose_train([*RUN, "+callbacks.model_checkpoint.every_n_epochs=2"], out))
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    return out, records.messages
 
 
 def test_last_ckpt_is_the_final_state_and_the_summary_names_the_files(
-    reference_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    reference_run: tuple[Path, list[str]],
 ) -> None:
-    # Best checkpoints every 2nd epoch only: the 3rd epoch saves none, so Lightning's save_last
-    # left last.ckpt at step 6 of 9.
-    caplog.set_level(logging.INFO, logger="ddpm_unet.train")
-    run(compose_train([*RUN, "+callbacks.model_checkpoint.every_n_epochs=2"], tmp_path))
-    status = json.loads((tmp_path / "status.json").read_text())
+    # Lightning's save_last alone left last.ckpt at step 6 of 9 (the last best checkpoint).
+    out, messages = reference_run
+    status = json.loads((out / "status.json").read_text())
     assert status["status"] == "completed" and status["metrics"]["global_step"] == 9
-    assert _load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 9
-    assert _load(tmp_path / "checkpoints" / "epoch_0001.ckpt")["global_step"] == 6
-    summary = next(r.getMessage() for r in caplog.records if "Run summary" in r.getMessage())
+    assert _load(out / "checkpoints" / "last.ckpt")["global_step"] == 9
+    assert _load(out / "checkpoints" / "epoch_0001.ckpt")["global_step"] == 6
+    summary = next(m for m in messages if "Run summary" in m)
     assert "9 steps" in summary and "val/loss" in summary
-    assert f"last checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}" in summary
-    assert f"final samples: {tmp_path / 'samples' / 'final.png'}" in summary
+    assert f"last checkpoint: {out / 'checkpoints' / 'last.ckpt'}" in summary
+    assert f"final samples: {out / 'samples' / 'final.png'}" in summary
     assert "epoch_0001.ckpt" in summary  # the best val/loss checkpoint
     # A run that completed leaves no interrupted.ckpt behind.
-    assert not (reference_run / "checkpoints" / "interrupted.ckpt").exists()
+    assert not (out / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def test_an_earlier_runs_folder_is_refused_naming_both_ways_out(reference_run: Path) -> None:
-    check_run_folder(reference_run, ckpt_path=str(reference_run / "checkpoints" / "last.ckpt"))
+def test_an_earlier_runs_folder_is_refused_naming_both_ways_out(
+    reference_run: tuple[Path, list[str]],
+) -> None:
+    folder = reference_run[0]
+    check_run_folder(folder, ckpt_path=str(folder / "checkpoints" / "last.ckpt"))  # a resume
     with pytest.raises(ConfigError) as err:
-        check_run_folder(reference_run, ckpt_path=None)
+        check_run_folder(folder, ckpt_path=None)
     message = str(err.value)
-    assert f"ckpt_path={reference_run / 'checkpoints' / 'last.ckpt'}" in message
+    assert f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}" in message
     assert "new folder" in message and "hydra.run.dir" in message
 
 
@@ -195,7 +215,7 @@ def test_signals_are_recorded_until_a_safe_point_and_handlers_restored() -> None
 
 
 def test_signal_mid_epoch_saves_interrupted_ckpt_and_resume_is_exact(
-    reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reference_run: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _with_extra_callback(monkeypatch, _SignalAtStep(4, signal.SIGTERM))
     with pytest.raises(SystemExit) as exit_info:
@@ -210,7 +230,7 @@ def test_signal_mid_epoch_saves_interrupted_ckpt_and_resume_is_exact(
     monkeypatch.undo()
     run(compose_train([*RUN, f"ckpt_path={ckpt}"], tmp_path / "resumed"))
     resumed = _load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    reference = _load(reference_run / "checkpoints" / "last.ckpt")
+    reference = _load(reference_run[0] / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == reference["global_step"] == 9
     assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
     assert not (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").exists()

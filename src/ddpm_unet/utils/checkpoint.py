@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import pickletools
+import signal
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -530,7 +531,7 @@ class InterruptCheckpoint(Checkpoint):
         except Interrupted as stop:
             signum = stop.signum
         if trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
-            raise Interrupted(signum or 15)  # 15: SIGTERM, as Lightning's launcher sends ranks
+            raise Interrupted(signum or signal.SIGTERM)  # what Lightning's launcher sends ranks
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step  # after a resumed checkpoint is restored
