@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 import time
 import traceback
@@ -21,19 +22,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from ddpm_unet.callbacks import signals
-from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
-from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.callbacks.sample_grid import SampleGrid
-from ddpm_unet.utils.checkpoint import read_lit_checkpoint
+from ddpm_unet.utils.checkpoint import InterruptCheckpoint, read_lit_checkpoint
+from ddpm_unet.utils.compat import install_hydra_ddp_launcher
 from ddpm_unet.utils.config_checks import check_train_config, run_config_of  # noqa: F401 (tests)
-from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
+from ddpm_unet.utils.distributed import isolated_distributed_job
 from ddpm_unet.utils.errors import ConfigError
 from ddpm_unet.utils.files import atomic_write
+from ddpm_unet.utils.interrupts import Interrupted, handle_signals, signal_name
 from ddpm_unet.utils.launchers import warn_if_jobs_share_devices
 
 log = logging.getLogger(__name__)
-install_hydra_ddp_launcher()
 
 
 @rank_zero_only
@@ -116,25 +115,28 @@ def _model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
     return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
 
 
+class TrainingInterrupted(Interrupted):
+    """`Interrupted` while training: `step` is the optimiser step reached, `checkpoint` the file
+    that holds it (None when nothing could be saved)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None) -> None:
+        super().__init__(signum)
+        self.step, self.checkpoint = step, checkpoint
+
+
 def _fit_or_interrupt(
     trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
 ) -> None:
-    """`trainer.fit`; a SIGTERM/SIGINT, wherever it landed, becomes `TrainingInterrupted`
-    carrying the step reached and the checkpoint holding it (see `ddpm_unet.callbacks.signals`).
-    """
-    saver = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+    """`trainer.fit`; a SIGTERM/SIGINT (`InterruptCheckpoint` stops the loops at a safe point and
+    saves, Lightning raises `SIGTERMException` in validation) becomes `TrainingInterrupted`."""
+    install_hydra_ddp_launcher()  # DDP ranks re-run this job, in its output folder
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except (signals.TrainingInterrupted, SIGTERMException, KeyboardInterrupt) as err:
-        signum = signals.received() or getattr(err, "signum", None)
-        if signum is None:
-            raise  # a KeyboardInterrupt without our handler (e.g. a library call): not ours
+    except (Interrupted, SIGTERMException) as err:
+        saver = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+        signum = getattr(err, "signum", signal.SIGTERM)
         path = saver.saved_path if saver is not None else None
-        raise signals.TrainingInterrupted(signum, trainer.global_step, path) from err
-    signum = signals.received()
-    if signum is not None:  # arrived after training ended (teardown): the final state, saved
-        path = saver.save(trainer) if saver is not None else None
-        raise signals.TrainingInterrupted(signum, trainer.global_step, path)
+        raise TrainingInterrupted(signum, trainer.global_step, path) from err
 
 
 @rank_zero_only
@@ -173,30 +175,27 @@ def run(cfg: DictConfig) -> float | None:
         timing = {"wall_s": end - start, "start": start, "end": end}
         write_status(output_dir, {"status": status, **fields, **timing})
 
-    # Before anything is written (status.json included): an earlier run's folder is not reused
-    # without ckpt_path.
-    check_run_folder(output_dir, cfg.ckpt_path)
     warn_if_jobs_share_devices(cfg)  # local_parallel: GPU jobs side by side share GPU 0
     try:
-        with signals.deferred_signals(), isolated_distributed_job():
+        with handle_signals(), isolated_distributed_job():
             metrics = fit(cfg)
-    except signals.TrainingInterrupted as stop:
+    except TrainingInterrupted as stop:
         record(
             "interrupted",
-            signal=signals.signal_name(stop.signum),
+            signal=signal_name(stop.signum),
             step=stop.step,
             checkpoint=stop.checkpoint,
             resume=f"ckpt_path={stop.checkpoint}" if stop.checkpoint else None,
         )
         log.warning(
             "%s: stopped at step %s; %s",
-            signals.signal_name(stop.signum),
+            signal_name(stop.signum),
             stop.step,
             f"resume with ckpt_path={stop.checkpoint}" if stop.checkpoint else "nothing saved",
         )
         # 128 + signal number, as a shell reports a process ended by that signal (130, 143);
         # `train && eval` then stops, also in a multirun.
-        raise SystemExit(128 + stop.signum) from None
+        raise SystemExit(stop.exit_code) from None
     except Exception as err:
         record("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):

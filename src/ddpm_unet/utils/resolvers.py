@@ -1,4 +1,4 @@
-"""OmegaConf resolvers used by the configs (registered when `ddpm_unet` is imported)."""
+"""OmegaConf resolvers used by the configs (`register_resolvers`, called by the entry points)."""
 
 from __future__ import annotations
 
