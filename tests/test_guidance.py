@@ -33,6 +33,7 @@ from ddpm_unet.models.samplers import DDIM
 from ddpm_unet.models.unet import UNet
 from ddpm_unet.utils.errors import UserError
 from tests.conftest import CONFIG_DIR, compose_config
+from tests.fidelity_helpers import random_weights_file
 
 SHAPE = (1, 8, 8)
 K = 3  # classes of the test networks
@@ -247,7 +248,8 @@ def test_guidance_scale_checks() -> None:
     ],
 )
 def test_sample_and_eval_refuse_classes_for_an_unconditional_checkpoint(
-    checkpoint: Path, tmp_path: Path, override: str, message: str
+    checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, override: str,
+    message: str
 ) -> None:
     args = [f"ckpt_path={checkpoint}", "num_samples=4", "sampler=ddim", "sampler.steps=2",
             "progress=false", override]
@@ -255,7 +257,6 @@ def test_sample_and_eval_refuse_classes_for_an_unconditional_checkpoint(
         sample.run(compose_config("sample", args, tmp_path / "s"))
     assert not (tmp_path / "s" / "shards").exists()  # nothing written
     eval_args = [*args, "metrics.isc=false", "metrics.kid=false", "inception_download=false",
-                 "num_reference=4", f"inception_weights={tmp_path / 'w.pth'}"]
-    (tmp_path / "w.pth").write_bytes(b"")  # never read: the refusal comes before
+                 "num_reference=4", f"inception_weights={random_weights_file(tmp_path_factory)}"]
     with pytest.raises(UserError, match=message):
         evaluate.run(compose_config("eval", eval_args, tmp_path / "e"))
