@@ -275,8 +275,14 @@ def test_sample_py_stops_on_sigterm_within_a_step_and_a_rerun_continues(
 ) -> None:
     run_dir = tmp_path / "run"
     # 2 images per network call: steps of milliseconds, 100 shards of 50 steps each.
-    args = [f"ckpt_path={checkpoint}", "num_samples=200", "sampler=ddpm", "batch_size=2",
-            "model_batch=2", "progress=false"]
+    args = [
+        f"ckpt_path={checkpoint}",
+        "num_samples=200",
+        "sampler=ddpm",
+        "batch_size=2",
+        "model_batch=2",
+        "progress=false",
+    ]
     process = start("sample.py", [*args, f"hydra.run.dir={run_dir}"], env)
     shards = run_dir / "shards"
     deadline = time.monotonic() + 240

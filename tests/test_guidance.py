@@ -52,7 +52,9 @@ class StandInNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        return self.conv(x) + self.embed(y)[:, :, None, None] + 1e-3 * t.float()[:, None, None, None]
+        return (
+            self.conv(x) + self.embed(y)[:, :, None, None] + 1e-3 * t.float()[:, None, None, None]
+        )
 
 
 def conditional_net() -> nn.Module:
@@ -60,8 +62,15 @@ def conditional_net() -> nn.Module:
     torch.manual_seed(0)
     if "num_classes" not in inspect.signature(UNet).parameters:
         return StandInNet(K).eval()
-    net = UNet(1, n_channels=16, ch_mults=(1, 2), is_attn=(False, False), n_blocks=1,
-               n_groups=8, num_classes=K)
+    net = UNet(
+        1,
+        n_channels=16,
+        ch_mults=(1, 2),
+        is_attn=(False, False),
+        n_blocks=1,
+        n_groups=8,
+        num_classes=K,
+    )
     with torch.no_grad():  # zero-initialised parts (e.g. a class embedding) made to matter
         for p in net.parameters():
             if not p.any():
@@ -115,15 +124,28 @@ def test_guided_model_makes_one_call_and_counts_model_calls() -> None:
     assert torch.equal(GuidedModel(net, y, 1.0, K, calls)(x, t)[:, 0, 0, 0], torch.tensor([1.0, 2]))
     assert torch.equal(GuidedModel(net, y, 0.0, K, calls)(x, t)[:, 0, 0, 0], torch.tensor([3.0, 3]))
     # w = 2: one call of 2N images (labels, then the no-class token); 3 + 2 * (y - 3) = 2y - 3
-    assert torch.equal(GuidedModel(net, y, 2.0, K, calls)(x, t)[:, 0, 0, 0], torch.tensor([-1.0, 1]))
+    assert torch.equal(
+        GuidedModel(net, y, 2.0, K, calls)(x, t)[:, 0, 0, 0], torch.tensor([-1.0, 1])
+    )
     GuidedModel(net, None, None, None, calls)(x, t)  # unconditional: net(x, t) as before
     assert net.calls == [(2, [1, 2]), (2, [3, 3]), (4, [1, 2, 3, 3]), (2, None)]
     assert calls.nfe == 4  # 4 calls of the sampler per image
 
     # Through a sampler: `nfe` is counted, whatever the batch size.
     counted = ModelCalls()
-    generate_images(Recorder(), GaussianDiffusion(20), DDIM(steps=5), range(5), 0, SHAPE, 2,
-                    batch_size=2, labels=[0, 1, 2, 0, 1], guidance_scale=3.0, calls=counted)
+    generate_images(
+        Recorder(),
+        GaussianDiffusion(20),
+        DDIM(steps=5),
+        range(5),
+        0,
+        SHAPE,
+        2,
+        batch_size=2,
+        labels=[0, 1, 2, 0, 1],
+        guidance_scale=3.0,
+        calls=counted,
+    )
     assert counted.images == 5 and counted.nfe == 5
 
 
@@ -172,11 +194,13 @@ def test_every_sampler_with_guidance_follows_one_path_for_eps_x0_and_v() -> None
         for kind in ("eps", "x0", "v"):
             diffusion = GaussianDiffusion(20, prediction_type=kind, clip_x0=False)
             net = eps_net if kind == "eps" else AsPrediction(eps_net, diffusion)
-            images[kind] = generate_images(net, diffusion, sampler, range(4), 0, SHAPE, 4,
-                                           labels=labels, guidance_scale=2.5)
+            images[kind] = generate_images(
+                net, diffusion, sampler, range(4), 0, SHAPE, 4, labels=labels, guidance_scale=2.5
+            )
         for kind in ("x0", "v"):
-            torch.testing.assert_close(images[kind], images["eps"], atol=2e-4, rtol=0,
-                                       msg=f"{sampler.name} {kind}")
+            torch.testing.assert_close(
+                images[kind], images["eps"], atol=2e-4, rtol=0, msg=f"{sampler.name} {kind}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,8 +212,18 @@ def test_images_with_labels_do_not_depend_on_batches_and_follow_label_and_scale(
 
     def make(indices, batch_size, w=2.0, labels_of=labels):
         picked = [int(labels_of[i]) for i in indices]
-        return generate_images(net, diffusion, sampler, indices, 3, SHAPE, 4, batch_size=batch_size,
-                               labels=picked, guidance_scale=w)
+        return generate_images(
+            net,
+            diffusion,
+            sampler,
+            indices,
+            3,
+            SHAPE,
+            4,
+            batch_size=batch_size,
+            labels=picked,
+            guidance_scale=w,
+        )
 
     whole, threes = make(range(10), 10), make(range(10), 3)
     assert torch.equal(whole, threes)  # bit for bit
@@ -248,15 +282,30 @@ def test_guidance_scale_checks() -> None:
     ],
 )
 def test_sample_and_eval_refuse_classes_for_an_unconditional_checkpoint(
-    checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, override: str,
-    message: str
+    checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    override: str,
+    message: str,
 ) -> None:
-    args = [f"ckpt_path={checkpoint}", "num_samples=4", "sampler=ddim", "sampler.steps=2",
-            "progress=false", override]
+    args = [
+        f"ckpt_path={checkpoint}",
+        "num_samples=4",
+        "sampler=ddim",
+        "sampler.steps=2",
+        "progress=false",
+        override,
+    ]
     with pytest.raises(UserError, match=message):
         sample.run(compose_config("sample", args, tmp_path / "s"))
     assert not (tmp_path / "s" / "shards").exists()  # nothing written
-    eval_args = [*args, "metrics.isc=false", "metrics.kid=false", "inception_download=false",
-                 "num_reference=4", f"inception_weights={random_weights_file(tmp_path_factory)}"]
+    eval_args = [
+        *args,
+        "metrics.isc=false",
+        "metrics.kid=false",
+        "inception_download=false",
+        "num_reference=4",
+        f"inception_weights={random_weights_file(tmp_path_factory)}",
+    ]
     with pytest.raises(UserError, match=message):
         evaluate.run(compose_config("eval", eval_args, tmp_path / "e"))

@@ -53,7 +53,11 @@ install_hydra_ddp_launcher()  # DDP ranks re-run this job, in its output folder 
 
 ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}  # torch device type -> Lightning's
 # Shard-manifest entries -> the key a user changes them with (named when a rerun differs).
-SETTING_KEYS = {"checkpoint": "ckpt_path", "image_shape": "ckpt_path", "precision": "trainer.precision"}
+SETTING_KEYS = {
+    "checkpoint": "ckpt_path",
+    "image_shape": "ckpt_path",
+    "precision": "trainer.precision",
+}
 
 
 def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu") -> LitDiffusion:
@@ -174,9 +178,10 @@ def generate_or_stop(
         with handle_signals():
             return generate(trainer, module, settings)
     except Interrupted as stop:
-        kept = sum(len(indices) for indices, _ in module.store.valid_shards(
-            module.num_samples, module.image_hwc
-        ))
+        kept = sum(
+            len(indices)
+            for indices, _ in module.store.valid_shards(module.num_samples, module.image_hwc)
+        )
         log.error(
             "%s: stopped; %d images kept in %s; rerun the same command (same hydra.run.dir) to "
             "continue",

@@ -261,6 +261,11 @@ class FIDCallback(L.Callback):
             kid = self.kid.compute()[0]
             self.kid.reset()  # fake features only (reset_real_features=False)
         self.fid.reset()
-        log.info("epoch %d: FID %.4f (%s model calls per image)", trainer.current_epoch, float(fid), calls.nfe)
+        log.info(
+            "epoch %d: FID %.4f (%s model calls per image)",
+            trainer.current_epoch,
+            float(fid),
+            calls.nfe,
+        )
         kid = None if kid is None else kid.to(device).float()
         return fid.to(device).float(), kid, calls.nfe

@@ -1,9 +1,9 @@
 """`generate_images`, the one function every image of this project is made by.
 
-Image `i` of a run depends only on the seed, the sampler, its label and guidance scale, and `i` (docs/design.md, "Beyond the
-network"): its noise comes from its own CPU generator seeded with `image_seed(seed, i)`, and the
-network always runs on exactly `model_batch` images (`FixedBatch`), because CPU and GPU kernels
-pick their algorithm, and so the rounding of the last bits, by the batch's shape (measured here:
+Image `i` of a run depends only on the seed, the sampler, its label and guidance scale, and `i`
+(docs/design.md, "Beyond the network"): its noise comes from its own CPU generator seeded with
+`image_seed(seed, i)`, and the network always runs on exactly `model_batch` images
+(`FixedBatch`), because CPU and GPU kernels pick their algorithm, and so the rounding of the last bits, by the batch's shape (measured here:
 unpadded batches of 1, 7 and 32 differ by ~1e-6, enough to flip uint8 pixels; padded ones are
 bit-identical). `model_batch` is therefore part of what the seed means, like the sampler.
 """
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.generation.guidance import GuidedModel, ModelCalls
+from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.models.samplers import ImageGenerators, Sampler
 from ddpm_unet.models.samplers.base import Progress
 

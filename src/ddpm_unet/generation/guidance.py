@@ -41,7 +41,8 @@ BALANCED = "balanced"
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """`uncond + w * (cond - uncond)` on network outputs `[N, C, H, W]` (diffusers' pipelines
-    write the same: `noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)`)."""
+    write the same: `noise_pred_uncond + guidance_scale * (noise_pred_text -
+    noise_pred_uncond)`)."""
     return uncond + guidance_scale * (cond - uncond)
 
 
