@@ -3,7 +3,8 @@
 Image `i` of a run depends only on the seed, the sampler, its label and guidance scale, and `i`
 (docs/design.md, "Beyond the network"): its noise comes from its own CPU generator seeded with
 `image_seed(seed, i)`, and the network always runs on exactly `model_batch` images
-(`FixedBatch`), because CPU and GPU kernels pick their algorithm, and so the rounding of the last bits, by the batch's shape (measured here:
+(`FixedBatch`), because CPU and GPU kernels pick their algorithm, and so the rounding of the
+last bits, by the batch's shape (measured here:
 unpadded batches of 1, 7 and 32 differ by ~1e-6, enough to flip uint8 pixels; padded ones are
 bit-identical). `model_batch` is therefore part of what the seed means, like the sampler.
 """
