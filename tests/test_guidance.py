@@ -263,6 +263,16 @@ def test_bad_labels_are_refused(labels, classes, message) -> None:
         resolve_labels(labels, 4, classes, ["cat", "dog"] if classes == 2 else None)
 
 
+def test_grid_has_one_row_per_class() -> None:
+    images = torch.arange(5.0).reshape(5, 1, 1, 1) / 10  # image i is the value i / 10
+    rows, length = sample.class_rows(images, np.array([1, 0, 1, 2, 1]))
+    white = 1.0
+    assert length == 3
+    assert rows.flatten().tolist() == pytest.approx(
+        [0.1, white, white, 0.0, 0.2, 0.4, 0.3, white, white]
+    )
+
+
 def test_guidance_scale_checks() -> None:
     assert check_guidance_scale(None, 10) == 1.0 and check_guidance_scale(None, None) is None
     assert check_guidance_scale(0, 10) == 0.0
@@ -309,3 +319,69 @@ def test_sample_and_eval_refuse_classes_for_an_unconditional_checkpoint(
     ]
     with pytest.raises(UserError, match=message):
         evaluate.run(compose_config("eval", eval_args, tmp_path / "e"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the commands on a class-conditional checkpoint (needs the UNet's classes, contract C3)
+# ------------------------------------------------------------------------------------------------
+needs_classes = pytest.mark.skipif(
+    "num_classes" not in inspect.signature(UNet).parameters,
+    reason="this checkout's UNet has no classes yet",
+)
+
+
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny digits run of conftest's `checkpoint`, with `model.net.num_classes=10`."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ddpm_unet.train import fit
+    from tests.conftest import TINY_OVERRIDES, compose_train
+
+    out = tmp_path_factory.mktemp("train_cond")
+    overrides = [
+        *TINY_OVERRIDES,
+        "model.net.num_classes=10",
+        "callbacks.sample_grid=null",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+        "++trainer.num_sanity_val_steps=0",
+    ]
+    fit(compose_train(overrides, out))
+    GlobalHydra.instance().clear()
+    return out / "checkpoints" / "last.ckpt"
+
+
+@needs_classes
+def test_sample_py_with_labels_and_guidance(conditional_checkpoint: Path, tmp_path: Path) -> None:
+    args = [
+        f"ckpt_path={conditional_checkpoint}",
+        "num_samples=12",
+        "sampler=ddim",
+        "sampler.steps=3",
+        "progress=false",
+        "guidance_scale=2",
+    ]
+    info = sample.run(compose_config("sample", [*args, "batch_size=5"], tmp_path / "a"))
+    with np.load(tmp_path / "a" / "samples.npz") as saved:
+        assert saved["labels"].dtype == np.int64
+        assert saved["labels"].tolist() == [i % 10 for i in range(12)]  # balanced by default
+        images = saved["images"]
+    assert info["labels"] == [i % 10 for i in range(12)] and info["guidance_scale"] == 2.0
+    assert info["nfe"] == 3
+    # The same images whatever the batch size; another w gives other images.
+    sample.run(compose_config("sample", [*args, "batch_size=12"], tmp_path / "b"))
+    same = (tmp_path / "a" / "samples.npz").read_bytes()
+    assert (tmp_path / "b" / "samples.npz").read_bytes() == same
+    cycled = sample.run(compose_config("sample", [*args, "labels=[3,1]"], tmp_path / "c"))
+    assert cycled["labels"][:4] == [3, 1, 3, 1]
+    assert not np.array_equal(np.load(tmp_path / "c" / "samples.npz")["images"], images)
+
+    for override, message in [
+        ("guidance_scale=-1", r"guidance_scale=-1 must be a number >= 0"),
+        ("labels=[10]", r"class id 10 is out of range: this model has 10 classes, ids 0 to 9"),
+    ]:
+        bad = [*args, override]
+        with pytest.raises(UserError, match=message):
+            sample.run(compose_config("sample", bad, tmp_path / "bad"))
+        assert not (tmp_path / "bad" / "shards").exists()

@@ -192,6 +192,19 @@ def generate_or_stop(
         raise SystemExit(stop.exit_code) from None
 
 
+def class_rows(images: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, int]:
+    """`[N, C, H, W]` images -> one row per class present (ascending, images in index order),
+    rows filled up to the longest with white images; and the row length."""
+    classes = np.unique(labels)
+    length = max(int((labels == c).sum()) for c in classes)
+    rows = []
+    for c in classes:
+        row = images[torch.from_numpy(np.flatnonzero(labels == c))]
+        blank = torch.ones(length - len(row), *images.shape[1:])
+        rows += [row, blank]
+    return torch.cat(rows), length
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load `cfg.ckpt_path`, sample `cfg.num_samples` images on the trainer's devices, write
     them (rank 0); return the info dict (empty on the other ranks)."""
@@ -206,13 +219,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     labels = module.labels
     arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
     paths = {"samples": str(write_npz(out / "samples.npz", arrays))}
-    order = order_by_class(labels, len(images))
-    # One row per class when the labels are balanced and nrow unset.
-    per_class = None if labels is None else -(-len(images) // len(np.unique(labels)))
-    nrow = cfg.nrow or per_class or max(1, int(len(images) ** 0.5))
     upscale = grid_upscale(model.image_size) if cfg.upscale is None else int(cfg.upscale)
     # uint8 -> [-1, 1] exactly (k / 127.5 - 1 rounds back to k), so the grid has the same pixels.
-    as_float = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    as_float = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if labels is not None and cfg.nrow is None:
+        as_float, nrow = class_rows(as_float, labels)
+    else:
+        as_float = as_float[order_by_class(labels, len(images))]
+        nrow = cfg.nrow or max(1, int(len(images) ** 0.5))
     grid = grid_to_uint8(images_to_grid(as_float, nrow, upscale))
     paths["grid"] = str(save_png(grid, out / "grid.png"))
     if cfg.save_pngs:
