@@ -385,3 +385,30 @@ def test_sample_py_with_labels_and_guidance(conditional_checkpoint: Path, tmp_pa
         with pytest.raises(UserError, match=message):
             sample.run(compose_config("sample", bad, tmp_path / "bad"))
         assert not (tmp_path / "bad" / "shards").exists()
+
+
+def test_training_grid_of_a_conditional_run_has_one_row_per_class(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ddpm_unet.callbacks.sample_grid import SampleGrid
+
+    net = Recorder()
+    module = SimpleNamespace(
+        num_classes=K,
+        ema=SimpleNamespace(module=net),
+        diffusion=GaussianDiffusion(20),
+        image_channels=1,
+        image_size=8,
+    )
+    grid = SampleGrid(str(tmp_path), num_samples=8, nrow=2, sampler=DDIM(steps=2))
+    assert grid.sample(module).shape == (8, *SHAPE)
+    assert net.calls[0] == (8, [0, 0, 1, 1, 2, 2, 0, 0])  # w = 1 (unset): one plain call
+    guided = SampleGrid(
+        str(tmp_path), num_samples=4, nrow=2, sampler=DDIM(steps=2), guidance_scale=3.0
+    )
+    guided.sample(module)
+    assert net.calls[-1] == (8, [0, 0, 1, 1, 3, 3, 3, 3])  # both halves in one call
+    with pytest.raises(UserError, match=r"guidance_scale=-2 must be a number >= 0"):
+        SampleGrid(str(tmp_path), guidance_scale=-2)
+    with pytest.raises(UserError, match=r"guidance_scale=3.0 needs a class-conditional model"):
+        guided.setup(None, SimpleNamespace(num_classes=None), "fit")
