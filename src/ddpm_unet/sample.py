@@ -29,7 +29,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_unet.generation.core import effective_model_batch
-from ddpm_unet.generation.guidance import check_guidance_scale, order_by_class, resolve_labels
+from ddpm_unet.generation.guidance import (
+    check_guidance_scale,
+    order_by_class,
+    resolve_labels,
+    runs_both_halves,
+)
 from ddpm_unet.generation.predict import GenerationModule, generate
 from ddpm_unet.generation.shards import FORMAT, ShardStore, write_npz
 from ddpm_unet.models.samplers import build_sampler
@@ -119,7 +124,8 @@ def prepare_generation(
     labels = resolve_labels(
         _plain(cfg.labels), num_samples, num_classes, getattr(model, "class_names", None)
     )
-    model_batch = effective_model_batch(int(cfg.model_batch), num_samples)
+    both = runs_both_halves(labels, guidance_scale)
+    model_batch = effective_model_batch(int(cfg.model_batch), num_samples, both)
     sampler = build_sampler(cfg.sampler)
     trainer = instantiate(
         cfg.trainer,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_unet.generation.guidance import GuidedModel, ModelCalls
+from ddpm_unet.generation.guidance import GuidedModel, ModelCalls, runs_both_halves
 from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.models.samplers import ImageGenerators, Sampler
 from ddpm_unet.models.samplers.base import Progress
@@ -42,9 +42,10 @@ def image_generators(seed: int, indices: Iterable[int]) -> ImageGenerators:
     return ImageGenerators([torch.Generator().manual_seed(image_seed(seed, i)) for i in indices])
 
 
-def effective_model_batch(model_batch: int, num_samples: int) -> int:
-    """`model_batch`, or `num_samples` for a run of fewer images."""
-    return max(1, min(int(model_batch), int(num_samples)))
+def effective_model_batch(model_batch: int, num_samples: int, both_halves: bool = False) -> int:
+    """`model_batch`, or the network rows of a run of fewer images: `num_samples`, twice that
+    when guidance runs both halves (`guidance.runs_both_halves`), so they share one call."""
+    return max(1, min(int(model_batch), int(num_samples) * (2 if both_halves else 1)))
 
 
 def random_seed() -> int:
@@ -160,7 +161,9 @@ def sample_model(
         range(num_samples) if indices is None else indices,
         seed,
         (model.image_channels, model.image_size, model.image_size),
-        effective_model_batch(DEFAULT_MODEL_BATCH, num_samples),
+        effective_model_batch(
+            DEFAULT_MODEL_BATCH, num_samples, runs_both_halves(labels, guidance_scale)
+        ),
         batch_size=batch_size,
         progress=progress,
         labels=labels,

@@ -46,6 +46,11 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> to
     return uncond + guidance_scale * (cond - uncond)
 
 
+def runs_both_halves(labels: object, guidance_scale: float | None) -> bool:
+    """Whether `GuidedModel` runs the network on 2N images per call (guidance not 0 or 1)."""
+    return labels is not None and guidance_scale not in (None, 0.0, 1.0)
+
+
 @dataclass
 class ModelCalls:
     """Calls of the model by samplers, summed over batches: `nfe` is calls per image."""
