@@ -5,12 +5,16 @@ from omegaconf import DictConfig
 
 from ddpm_unet.train import run
 from ddpm_unet.utils.cli import exit_on_user_error
-from ddpm_unet.utils.logging_setup import route_library_logs_to_root
+from ddpm_unet.utils.interrupts import handle_signals
+from ddpm_unet.utils.logging_setup import ignore_known_upstream_warnings, route_library_logs_to_root
 from ddpm_unet.utils.printing import print_config
 from ddpm_unet.utils.project_root import anchor_project_root
+from ddpm_unet.utils.resolvers import register_resolvers
 
 # logs/ and data/ sit beside this file, wherever the command is started from
 anchor_project_root(__file__)
+register_resolvers()  # ${project_root:}, ${grid_upscale:...}, ${attn_at:...} in the configs
+ignore_known_upstream_warnings()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -23,4 +27,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with handle_signals():  # from the start: a signal while Hydra makes the run folder is kept
+        main()

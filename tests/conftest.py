@@ -14,6 +14,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from ddpm_unet.utils.resolvers import register_resolvers
+
+register_resolvers()  # as train.py/sample.py/eval.py do: the configs use them
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 

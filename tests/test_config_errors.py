@@ -48,42 +48,42 @@ ATTN_AT = "model.net.is_attn='${attn_at:${model.net.ch_mults},${attn_placement}}
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (
-            ["data.batch_size=abc"],
-            "data.batch_size='abc' is not an integer: give a positive whole number, "
-            "e.g. data.batch_size=64.",
-        ),
-        (["data.batch_size=-2"], "data.batch_size=-2 is out of range"),
-        (["data.batch_size=true"], "data.batch_size=true is not an integer"),
-        (["data.batch_size=null"], "data.batch_size=null is not allowed"),
+        # Objects' own checks (their argument names, under the group's key): key + value only.
+        (["data.batch_size=abc"], ("data", "batch_size='abc'")),
+        (["data.batch_size=-2"], ("data", "batch_size=-2")),
+        (["data.batch_size=true"], ("data", "batch_size=True")),
+        (["data.batch_size=null"], ("data", "batch_size=None")),
         (["seed=abc"], "seed='abc' is not an integer"),
         (["seed=-1"], "seed=-1 is out of range: give a whole number from 0 to 4294967295"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not an integer"),
         (["trainer.max_steps=1.5"], "trainer.max_steps=1.5 is not an integer"),
-        (["trainer.max_steps=0"], "or -1 for no limit, e.g. trainer.max_steps=100000"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0 is out of range: give a positive whole"),
         (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is out of"),
         (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is out of range"),
         (["model.optimizer.lr=-1"], "model.optimizer.lr=-1 is out of range: give a number > 0"),
         (["model.optimizer.lr=abc"], "model.optimizer.lr='abc' is not a number"),
         (["model.optimizer.lr=nan"], "model.optimizer.lr=nan is out of range"),
-        (["model.ema_decay=1.0"], "model.ema_decay=1.0 is out of range"),
-        (["data.dataset=imagenet"], "data.dataset='imagenet' is unknown: use one of digits"),
-        (["data.image_channels=2"], "data.image_channels=2 is out of range: give 1 (grey) or 3"),
-        (["model.net.dropout=1.0"], "model.net.dropout=1.0 is out of range"),
-        (["model.net.ch_mults=[]"], "model.net.ch_mults=[] is empty"),
+        (["model.ema_decay=1.0"], ("model", "ema_decay=1.0")),
+        (["data.dataset=imagenet"], ("data", "dataset='imagenet'")),
+        (["data.image_channels=2"], ("data", "image_channels=2")),
+        (["model.net.dropout=1.0"], ("model.net", "dropout=1.0")),
+        (["model.net.ch_mults=[]"], ("model.net", "ch_mults=[]")),
         (
             ["data.batch_size=30", "trainer.devices=4"],
             "data.batch_size=30 is the global batch size and must be divisible by the world size"
-            " 4 (trainer.devices=4 x trainer.num_nodes=1)",
+            " 4 (trainer.devices x trainer.num_nodes)",
         ),
-        (["data.val_fraction=1.5"], "data.val_fraction=1.5 is out of range"),
-        (["data.num_workers=-1"], "data.num_workers=-1 is out of range"),
-        (["model.diffusion.num_timesteps=abc"], "model.diffusion.num_timesteps='abc' is not"),
-        (["model.net.n_channels=abc"], "model.net.n_channels='abc' is not an integer"),
-        (["callbacks.sample_grid.num_samples=0"], "callbacks.sample_grid.num_samples=0 is out"),
-        (["model.net.ch_mults=abc"], "model.net.ch_mults='abc' is not a list"),
-        (["model.net.ch_mults=[1,x]"], "model.net.ch_mults=[1, 'x'] must hold positive whole"),
-        (["model.net.is_attn=[1,0]"], "model.net.is_attn=[1, 0] must hold only true/false"),
+        (["data.val_fraction=1.5"], ("data", "val_fraction=1.5")),
+        (["data.num_workers=-1"], ("data", "num_workers=-1")),
+        (["model.diffusion.num_timesteps=abc"], ("model.diffusion", "num_timesteps='abc'")),
+        (["model.net.n_channels=abc"], ("model.net", "n_channels='abc'")),
+        (["model.scheduler.warmup_steps=-1"], "model.scheduler: warmup_steps=-1 must be"),
+        (["callbacks.sample_grid.num_samples=0"], ("callbacks.sample_grid", "num_samples=0")),
+        (["callbacks.sample_grid.sampler.steps=0"], ("callbacks.sample_grid.sampler", "steps=0")),
+        (["model.net.ch_mults=abc"], ("model.net", "ch_mults='abc'")),
+        (["model.net.ch_mults=[1,x]"], ("model.net", "'x'")),
+        (["model.net.is_attn=[1,0]"], ("model.net", "is_attn=[1, 0]")),
+        (["init_from=a.ckpt", "ckpt_path=b.ckpt"], "ckpt_path=b.ckpt and init_from=a.ckpt are"),
         (
             ["data=folder"],
             "data.root is required but not set (it is ??? in the config): give it on the command "
@@ -99,7 +99,21 @@ def test_bad_train_value_names_its_key(overrides: list[str], message: str, tmp_p
     cfg = compose_train([*TINY_OVERRIDES, *overrides], tmp_path)
     with pytest.raises(ConfigError) as info:
         check_train_config(cfg)
-    assert message in str(info.value)
+    assert_names(str(info.value), message)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def assert_names(text: str, message: str | tuple[str, str]) -> None:
+    """`message` is in `text`; a (key, value) pair: an object's own message (its wording is the
+    object's), reported under `key` and naming the value."""
+    if isinstance(message, str):
+        assert message in text, text
+    else:
+        key, value = message
+        # `key: name=value ...` (the object's own words), or the older `key.name=value` form
+        name = value.split("=")[0]
+        assert text.startswith(f"{key}: ") or f"{key}.{name}" in text, text
+        assert value in text or value.replace("True", "true").replace("None", "null") in text, text
 
 
 @pytest.mark.parametrize(
@@ -119,7 +133,7 @@ def test_good_train_values_pass(overrides: list[str], tmp_path: Path) -> None:
 @pytest.mark.skipif(not NO_CUDA, reason="needs a machine without a CUDA GPU")
 def test_gpu_accelerator_without_a_gpu_names_the_key(tmp_path: Path) -> None:
     cfg = compose_train([*TINY_OVERRIDES, "trainer.accelerator=gpu"], tmp_path)
-    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu but torch finds no CUDA GPU"):
+    with pytest.raises(ConfigError, match=r"^trainer: .*gpu"):  # Lightning's own message
         check_train_config(cfg)
 
 
@@ -135,9 +149,9 @@ def test_gpu_accelerator_without_a_gpu_names_the_key(tmp_path: Path) -> None:
         (["num_samples=0"], "num_samples=0 is out of range"),
         (["batch_size=-2"], "batch_size=-2 is out of range: give a positive whole number, or null"),
         (["seed=x"], "seed='x' is not an integer"),
-        (["sampler=ddim", "sampler.steps=0"], "sampler.steps=0 must be a whole number >= 1"),
-        (["sampler=ddim", "sampler.eta=abc"], "sampler.eta='abc' must be a number >= 0"),
-        (["sampler=ddim", "sampler.spacing=even"], "sampler.spacing='even' is unknown"),
+        (["sampler=ddim", "sampler.steps=0"], ("sampler", "steps=0")),
+        (["sampler=ddim", "sampler.eta=abc"], ("sampler", "eta='abc'")),
+        (["sampler=ddim", "sampler.spacing=even"], ("sampler", "spacing='even'")),
         (["device=tpu7"], "device='tpu7' is not a device: use auto, cpu, cuda, cuda:N or mps."),
     ],
 )
@@ -145,7 +159,7 @@ def test_bad_sample_value_names_its_key(overrides: list[str], message: str, tmp_
     cfg = compose_config("sample", ["ckpt_path=any.ckpt", *overrides], tmp_path)
     with pytest.raises(ConfigError) as info:
         check_sample_config(cfg)
-    assert message in str(info.value)
+    assert_names(str(info.value), message)
 
 
 def test_sample_without_ckpt_path_names_it(tmp_path: Path) -> None:
@@ -158,7 +172,7 @@ def test_sample_without_ckpt_path_names_it(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["num_samples=1"], "num_samples=1 is out of range: give a whole number >= 2"),
-        (["reference_split=test"], "reference_split='test' is unknown: use one of train, val"),
+        (["reference_split=test"], "reference_split='test' is unknown: use one of train, val."),
         (["kid_subsets=abc"], "kid_subsets='abc' is not an integer"),
         (["num_reference=0"], "num_reference=0 is out of range"),
     ],
@@ -269,17 +283,17 @@ def test_errors_while_hydra_builds_objects_are_unwrapped(
     with pytest.raises(SystemExit):
         task()
     err = capsys.readouterr().err
-    assert "error: n_channels=64 is not divisible by n_groups=7" in err
+    assert "error: " in err and "n_groups=7" in err
     assert "Error in call to target" not in err and "full_key" not in err
     # with the traceback asked for: the original error, raised from the constructor's frames
     monkeypatch.setenv(TRACEBACK_ENV, "1")
     with pytest.raises(UserError) as info:
         task()
-    assert "_check_groups" in [entry.name for entry in info.traceback]
+    assert any(str(entry.path).endswith("unet.py") for entry in info.traceback)
     # a bug in a constructor: the original exception and its traceback, not a one-liner
     monkeypatch.delenv(TRACEBACK_ENV)
     monkeypatch.setattr(
-        "ddpm_unet.models.unet.check_unet_arguments", lambda *a, **k: _deep_bug(RuntimeError)
+        "ddpm_unet.models.unet.UNet.__init__", lambda *a, **k: _deep_bug(RuntimeError)
     )
     with pytest.raises(RuntimeError, match="shape mismatch") as info:
         task()
@@ -335,8 +349,8 @@ def _assert_user_error(result: subprocess.CompletedProcess, message: str) -> Non
     [
         (["model.optimizer.lr=-1"], "model.optimizer.lr=-1 is out of range"),
         (["data=folder", "data.num_workers=0"], "data.root is required but not set"),
-        # raised in UNet.__init__ while Hydra builds the model: no list of overrides around it
-        (["model.net.n_groups=3"], "n_channels=16 is not divisible by n_groups=3"),
+        # raised in UNet.__init__ while the model group is built: under the group's key
+        (["model.net.n_groups=3"], "model.net: "),
     ],
 )
 def test_train_py_bad_value_exits_2_before_any_work(

@@ -130,4 +130,4 @@ def test_unet_small_overrides_the_ddpm_base_for_digits() -> None:
         1,
     )
     assert cfg.net._target_ == "ddpm_unet.models.unet.UNet"
-    assert cfg.optimizer._partial_ and cfg.scheduler._partial_
+    assert cfg.optimizer._partial_ and cfg.scheduler._target_.endswith(".WarmupCosine")

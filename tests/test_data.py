@@ -42,6 +42,7 @@ from ddpm_unet.data.datasets import (
     build_transform,
 )
 from ddpm_unet.data.folder import CorruptImagesError, ImageFolderDataset, find_image_files
+from ddpm_unet.utils.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
 
@@ -238,6 +239,23 @@ def test_digits_batches_are_images_in_range_with_the_configured_shape() -> None:
     assert len(dm.val_dataset) == round(1797 * 0.1)
 
 
+def test_digits_with_labels_yield_their_targets_and_stay_fast() -> None:
+    from sklearn.datasets import load_digits
+
+    dm = ImageDataModule("digits", image_size=8, image_channels=1, batch_size=32, with_labels=True)
+    dm.setup("fit")
+    assert dm.class_names == [str(d) for d in range(10)] and dm.num_classes == 10
+    assert isinstance(dm.train_dataset, PrecomputedImages)  # still transformed once
+    images, labels = _batch(dm.train_dataloader())
+    _assert_images(images, channels=1, size=8)
+    assert labels.dtype == torch.int64 and labels.shape == (32,)
+    targets = torch.from_numpy(load_digits().target)
+    index = dm.val_dataset.indices[5]
+    image, label = dm.val_dataset[5]
+    assert int(label) == targets[index]
+    torch.testing.assert_close(image, dm.reference_dataset("val")[5])  # reference: images only
+
+
 def test_digits_pixel_values_map_0_16_onto_minus1_1() -> None:
     from sklearn.datasets import load_digits
 
@@ -360,12 +378,13 @@ def test_loader_settings() -> None:
     [
         (dict(dataset="imagenet"), r"dataset='imagenet'.*digits, mnist, .*folder"),
         (dict(image_channels=2), r"image_channels=2.*1 .*or 3"),
-        (dict(image_size=0), r"image_size=0.*positive"),
+        (dict(image_size=0), r"^image_size=0 must be a whole number >= 1"),
         (dict(val_fraction=0.0), r"val_fraction=0.0.*between 0 and 1"),
         (dict(val_fraction=1.0), r"val_fraction=1.0.*between 0 and 1"),
         (dict(batch_size=0), r"batch_size=0"),
         (dict(num_workers=-1), r"num_workers=-1"),
         (dict(max_bad_files=-1), r"max_bad_files=-1"),
+        (dict(dataset="celeba", with_labels=True), r"^with_labels=True, but dataset='celeba' has"),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error(kwargs: dict, pattern: str) -> None:
@@ -396,6 +415,18 @@ def test_mnist_family_reads_idx_files(tmp_path: Path, name: str, folder: str) ->
     x = _batch(dm.train_dataloader())
     _assert_images(x, channels=1, size=28)
     assert x.shape[0] == 4
+    assert dm.class_names is None and dm.num_classes is None
+
+    labelled = ImageDataModule(
+        name, root=tmp_path, image_size=28, image_channels=1, with_labels=True
+    )
+    labelled.setup()
+    cls = tv_datasets.MNIST if name == "mnist" else tv_datasets.FashionMNIST
+    assert labelled.class_names == cls.classes
+    assert labelled.num_classes == 10
+    image, label = labelled.val_dataset[3]
+    torch.testing.assert_close(image, dm.val_dataset[3])
+    assert label == arrays["t10k-labels-idx1-ubyte"][3]
 
 
 def test_mnist_resized_to_32_and_rgb(tmp_path: Path) -> None:
@@ -432,6 +463,14 @@ def test_cifar10_reads_pickled_batches(tmp_path: Path, monkeypatch: pytest.Monke
         row = pickle.load(f)["data"][1]
     expected = torch.from_numpy(row.reshape(3, 32, 32)).float() / 255 * 2 - 1
     torch.testing.assert_close(dm.val_dataset[1], expected)
+
+    labelled = ImageDataModule("cifar10", root=tmp_path, with_labels=True, download=False)
+    labelled.setup()
+    assert labelled.class_names == ["airplane", "automobile", "bird", "cat", "deer"] + [
+        "dog", "frog", "horse", "ship", "truck"
+    ]  # fmt: skip
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        assert labelled.train_dataset[2][1] == pickle.load(f)["labels"][2]
 
     grey = ImageDataModule(
         "cifar10", root=tmp_path, image_size=16, image_channels=1, download=False
@@ -487,7 +526,7 @@ def test_celeba_without_annotation_files_names_them(
     message = str(info.value)
     assert re.search(r"list_attr_celeba\.txt  \[missing\]", message)
     assert re.search(r"list_eval_partition\.txt  \[ok\]", message)
-    assert "img_align_celeba.zip" in message and "data.download=true" in message
+    assert "img_align_celeba.zip" in message and "download=True" in message
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,7 +553,7 @@ def test_missing_dataset_without_download_names_the_path(
         message = str(info.value)
         assert repr(name) in message
         assert str(tmp_path / "nowhere" / expected_path) in message
-        assert "[missing]" in message and "data.download=true" in message
+        assert "[missing]" in message and "download=True" in message
     assert isinstance(info.value, FileNotFoundError)
     assert not (tmp_path / "nowhere").exists()  # nothing created, nothing downloaded
 
@@ -631,6 +670,27 @@ def test_folder_skips_corrupt_files_with_a_warning(
     image = red.reference_dataset("train").transform(source[source.files.index(files["good"][0])])
     torch.testing.assert_close(image[0], torch.ones(8, 8))
     torch.testing.assert_close(image[1], -torch.ones(8, 8))
+
+
+def test_folder_classes_are_the_sorted_sub_folders(tmp_path: Path) -> None:
+    for name, n in (("zebra", 2), ("ant", 3), ("cat", 1)):
+        (tmp_path / name / "deep").mkdir(parents=True)
+        for i in range(n):  # some one level deeper: the top-level folder is the class
+            where = tmp_path / name / ("deep" if i else "")
+            Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(where / f"{name}{i}.png")
+    dm = ImageDataModule("folder", root=tmp_path, image_size=4, batch_size=6, with_labels=True)
+    dm.setup()
+    assert dm.class_names == ["ant", "cat", "zebra"] and dm.num_classes == 3
+    source = dm.train_dataset.source
+    for i, path in enumerate(source.files):
+        assert source[i][1] == dm.class_names.index(path.relative_to(tmp_path).parts[0])
+    images, labels = next(iter(dm.val_dataloader()))
+    assert labels.dtype == torch.int64 and labels.shape == (images.shape[0],)
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")
+    with pytest.raises(UserError, match=r"with_labels=True .* lie directly in it, e.g. .*loose"):
+        ImageFolderDataset(tmp_path, with_labels=True)
+    assert len(ImageFolderDataset(tmp_path)) == 7  # without labels any layout is fine
 
 
 def test_folder_16_bit_grey_png_is_scaled_not_clipped(tmp_path: Path) -> None:

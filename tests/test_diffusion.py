@@ -89,7 +89,9 @@ def test_sigmoid_schedule_matches_lucidrains(start: float, end: float, tau: floa
 
 
 def test_bad_schedule_names_the_value() -> None:
-    with pytest.raises(UserError, match="model.diffusion.schedule='quadratic' is unknown"):
+    with pytest.raises(
+        UserError, match="^schedule='quadratic' is unknown: use one of cosine, linear, sigmoid"
+    ):
         make_betas("quadratic", 10)
     with pytest.raises(UserError, match="num_timesteps=0"):
         make_betas("linear", 0)
@@ -98,15 +100,15 @@ def test_bad_schedule_names_the_value() -> None:
 def test_a_schedule_refuses_arguments_it_does_not_use() -> None:
     with pytest.raises(
         UserError,
-        match=r"model.diffusion.schedule_kwargs.beta_start is given, but the cosine schedule "
+        match=r"^schedule_kwargs has beta_start, but the cosine schedule "
         r"does not use beta_start \(it takes s\)",
     ):
         GaussianDiffusion(100, "cosine", schedule_kwargs={"beta_start": 1e-4})
     with pytest.raises(UserError, match="linear schedule does not use s "):
         GaussianDiffusion(100, "linear", schedule_kwargs={"s": 0.008})
-    with pytest.raises(UserError, match="schedule_kwargs.beta_start=0.5, .*beta_end=0.02"):
+    with pytest.raises(UserError, match="got beta_start=0.5, beta_end=0.02"):
         GaussianDiffusion(100, "linear", schedule_kwargs={"beta_start": 0.5})
-    with pytest.raises(UserError, match="schedule_kwargs.tau=0"):
+    with pytest.raises(UserError, match="^tau=0 must be > 0"):
         make_betas("sigmoid", 100, tau=0)
 
 
@@ -220,8 +222,12 @@ def test_bad_diffusion_arguments_name_the_value() -> None:
         GaussianDiffusion(10, loss_weighting="snr")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="min_snr_gamma=0"):
         GaussianDiffusion(10, loss_weighting="min_snr", min_snr_gamma=0)
-    with pytest.raises(UserError, match="model.diffusion.prediction_type='noise' is unknown"):
+    with pytest.raises(
+        UserError, match="^prediction_type='noise' is unknown: use one of eps, x0, v"
+    ):
         GaussianDiffusion(10, prediction_type="noise")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"^schedule_kwargs=\[1\] must be a mapping"):
+        GaussianDiffusion(10, schedule_kwargs=[1])  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------ sampling steps

@@ -17,11 +17,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from torch import nn
 
-from ddpm_unet.models.lr_schedules import warmup_cosine
+from ddpm_unet.models.diffusion import GaussianDiffusion
+from ddpm_unet.models.lit_diffusion import LitDiffusion
+from ddpm_unet.models.lr_schedules import WarmupCosine
 from ddpm_unet.models.samplers import DDIM
+from ddpm_unet.models.unet import UNet
 from ddpm_unet.sample import load_model
 from ddpm_unet.train import fit, run_config_of
-from ddpm_unet.utils.checkpoint import TRUSTED_TARGETS_ENV, CheckpointError
+from ddpm_unet.utils.checkpoint import TRUSTED_TARGETS_ENV, CheckpointError, model_from_checkpoint
 from ddpm_unet.utils.errors import UserError
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train
 
@@ -53,7 +56,7 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(tmp_pat
             *TINY_OVERRIDES,
             "debug=limit",
             "trainer.max_epochs=2",
-            "+trainer.accumulate_grad_batches=2",
+            "trainer.accumulate_grad_batches=2",
         ],
         tmp_path,
     )
@@ -152,16 +155,16 @@ def test_fit_on_a_config_composed_with_hydras_section(tmp_path: Path) -> None:
 def test_warmup_cosine_refuses_what_it_cannot_schedule(caplog: pytest.LogCaptureFixture) -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(UserError, match="decay=cosine needs a known run length"):
-        warmup_cosine(opt, math.inf, warmup_steps=2, decay="cosine")
+        WarmupCosine(warmup_steps=2, decay="cosine")(opt, math.inf)
     # A run within its warm-up (a debug run) only warms up, and says so.
     with caplog.at_level(logging.WARNING, logger="ddpm_unet.models.lr_schedules"):
-        short = warmup_cosine(opt, 2, warmup_steps=2, decay="cosine")
-    assert "only 2 optimiser steps, within model.scheduler.warmup_steps=2" in caplog.text
+        short = WarmupCosine(warmup_steps=2, decay="cosine")(opt, 2)
+    assert "only 2 optimiser steps, within warmup_steps=2" in caplog.text
     assert [short.lr_lambdas[0](i) for i in range(2)] == [0.5, 1.0]
-    with pytest.raises(UserError, match="model.scheduler.decay='linear' is unknown"):
-        warmup_cosine(opt, 10, decay="linear")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="decay='linear' is unknown"):
+        WarmupCosine(decay="linear")
     # Without decay an unknown run length is fine: warm-up, then constant.
-    sched = warmup_cosine(opt, math.inf, warmup_steps=2)
+    sched = WarmupCosine(warmup_steps=2)(opt, math.inf)
     assert [sched.lr_lambdas[0](s) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
 
 
@@ -184,3 +187,77 @@ def test_x0_and_v_prediction_train_sample_and_resume(tmp_path: Path, target: str
         compose_train([*args, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "2")
     )
     assert resumed["global_step"] == 6
+
+
+# ------------------------------------------------------------------------ class conditioning
+
+
+def _tiny_lit(**kwargs: object) -> LitDiffusion:
+    net = UNet(1, 16, (1, 2), (False, True), n_blocks=1, n_groups=8, num_classes=10)
+    return LitDiffusion(net, GaussianDiffusion(50), torch.optim.Adam, image_size=8, **kwargs)
+
+
+def test_label_dropout_replaces_labels_at_its_rate_and_is_fixed_in_validation() -> None:
+    lit = _tiny_lit(cond_drop_prob=0.25)
+    labels = torch.arange(40_000) % 10
+    torch.manual_seed(0)
+    _, dropped = lit._images_and_labels((torch.zeros(40_000, 1, 1, 1), labels))
+    is_dropped = dropped == 10
+    # Binomial(40000, 0.25): standard deviation 0.0022, so 0.01 is 4.6 of them.
+    assert abs(is_dropped.float().mean().item() - 0.25) < 0.01
+    assert torch.equal(dropped[~is_dropped], labels[~is_dropped])  # the others are kept
+    # Validation's draws come from its seeded generator: the same mask every epoch.
+    batch = (torch.zeros(64, 1, 8, 8), torch.arange(64) % 10)
+    first = lit._images_and_labels(batch, torch.Generator().manual_seed(7))[1]
+    assert torch.equal(first, lit._images_and_labels(batch, torch.Generator().manual_seed(7))[1])
+    with pytest.raises(UserError, match=r"^cond_drop_prob=1.5 must be a number from 0"):
+        _tiny_lit(cond_drop_prob=1.5)
+
+
+def test_conditional_digits_train_save_their_classes_and_load(tmp_path: Path) -> None:
+    """`model.net.num_classes=10` alone makes a conditional digits run: labelled batches, the
+    class names and count in the checkpoint, restored on load."""
+    cfg = compose_train([*TINY_OVERRIDES, "debug=limit", "model.net.num_classes=10"], tmp_path)
+    assert cfg.data.with_labels is True
+    fit(cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["num_classes"] == 10 and ckpt["class_names"] == [str(d) for d in range(10)]
+    assert ckpt["state_dict"]["net.class_emb.weight"].shape == (11, 64)
+    model = load_model(last)
+    assert model.num_classes == 10 and model.class_names == ckpt["class_names"]
+
+
+def test_old_unconditional_checkpoints_load_as_unconditional(checkpoint: Path) -> None:
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert not any("class_emb" in key for key in ckpt["state_dict"])
+    old = {k: v for k, v in ckpt.items() if k not in ("num_classes", "class_names")}
+    lit = model_from_checkpoint(old, checkpoint)
+    assert lit.num_classes is None and lit.class_names is None
+
+
+def test_num_classes_unlike_the_datas_is_refused_at_setup() -> None:
+    """Lightning sets the data module up first, then the module: before any step."""
+    from types import SimpleNamespace
+
+    from ddpm_unet.data import ImageDataModule
+
+    labelled = ImageDataModule("digits", image_size=8, image_channels=1, with_labels=True)
+    labelled.setup()
+    lit = _tiny_lit()
+    lit._trainer = SimpleNamespace(datamodule=labelled)
+    lit.setup("fit")
+    assert lit.class_names == [str(d) for d in range(10)]
+    seven = LitDiffusion(
+        UNet(1, 16, (1, 2), (False, True), n_blocks=1, n_groups=8, num_classes=7),
+        GaussianDiffusion(50),
+        torch.optim.Adam,
+    )
+    seven._trainer = SimpleNamespace(datamodule=labelled)
+    with pytest.raises(UserError, match=r"num_classes=7 but the data module gives 10 classes"):
+        seven.setup("fit")
+    plain = ImageDataModule("digits", image_size=8, image_channels=1)
+    plain.setup()
+    lit._trainer = SimpleNamespace(datamodule=plain)
+    with pytest.raises(UserError, match=r"num_classes=10 but the data module gives no labels"):
+        lit.setup("fit")

@@ -18,13 +18,16 @@ from tests.conftest import ROOT
 
 
 def test_model_summary_counts_the_network_once(cfg_train: DictConfig) -> None:
+    from lightning.pytorch.utilities.model_summary import get_human_readable_count
+
     model = instantiate(cfg_train.model)
-    summary = model_summary.NetworkSummary(max_depth=1)._summary(None, model)  # type: ignore[arg-type]
+    table = model_summary.NetworkSummary(max_depth=1).table(model)
     network = sum(p.numel() for p in model.net.parameters())
     assert sum(p.numel() for p in model.parameters()) == 2 * network  # the EMA copy is there
-    assert summary.total_parameters == summary.trainable_parameters == network
-    assert "ema" not in summary.layer_names and "net" in summary.layer_names
-    assert summary.model_size == pytest.approx(network * 4e-6)
+    count = get_human_readable_count(network)
+    assert re.search(rf"{re.escape(count)} +Trainable params", table), table
+    assert re.search(rf"{re.escape(count)} +Total params", table), table
+    assert re.search(r"\| net +\| UNet", table) and "ema" not in table
 
 
 def test_throughput_leaves_out_what_runs_after_the_last_batch(
@@ -135,3 +138,21 @@ def test_lightning_throughput_monitor_would_count_epoch_end_work_as_training(
     # far above 32 img / 0.5 s; the monitor's windows that span the epoch end fall below it.
     lightning_windows = metrics["train/device/samples_per_sec"].dropna()
     assert lightning_windows.min() < 32 / 0.5 < metrics["train/img_per_s"].dropna().min()
+
+
+def test_importing_the_package_changes_nothing_global() -> None:
+    """Resolvers, warning filters, signal handlers and Lightning's DDP launcher are set by the
+    entry points (and `ddpm_unet.train.run`), never by an import: a fresh interpreter checks."""
+    code = """
+import signal, warnings
+filters = list(warnings.filters)
+import ddpm_unet, ddpm_unet.callbacks, ddpm_unet.train
+from lightning.pytorch.strategies.launchers import subprocess_script
+from omegaconf import OmegaConf
+assert not any(OmegaConf.has_resolver(n) for n in ("project_root", "grid_upscale", "attn_at"))
+assert not any("LeafSpec" in str(f[1]) for f in warnings.filters)
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+assert subprocess_script._hydra_subprocess_cmd.__module__.startswith("lightning")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -447,15 +447,15 @@ def _placeholders(command: str, repo: Path) -> str:
 COMMANDS = readme_commands(README.read_text())
 
 
-def test_readme_has_the_commands_users_start_with() -> None:
-    assert {"make train", "make test", "python train.py"} <= set(COMMANDS)
-    assert "python train.py hparams_search=unet_arch" in COMMANDS
-    for command in COMMANDS:
-        rule_for(command)  # every command is covered
+def is_sweep(command: str) -> bool:
+    """Sweeps, their report and the launchers: one chain of commands, run by
+    tests/test_readme_sweeps.py (its own copy of the repository, so the suite can run the two
+    chains side by side); everything else runs here, in the README's order."""
+    return bool(re.search(r"\.py -m |hparams_search=|ddpm_unet\.report|hydra/launcher", command))
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_readme_command(command: str, repo: Path) -> None:
+def run_command(command: str, repo: Path) -> None:
+    """Run one README `command` in `repo` as its rule says, then check what it promises."""
     rule = rule_for(command)
     if rule.skip:
         pytest.skip(rule.skip)
@@ -483,6 +483,18 @@ def test_readme_command(command: str, repo: Path) -> None:
     rule.check(Ran(repo, line, done.stdout, done.stderr))
 
 
+def test_readme_has_the_commands_users_start_with() -> None:
+    assert {"make train", "make test", "python train.py"} <= set(COMMANDS)
+    assert "python train.py hparams_search=unet_arch" in COMMANDS
+    for command in COMMANDS:
+        rule_for(command)  # every command is covered
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if not is_sweep(c)])
+def test_readme_command(command: str, repo: Path) -> None:
+    run_command(command, repo)
+
+
 def test_paths_are_anchored_at_the_project_root(tmp_path: Path) -> None:
     """Started from another folder, a run still writes under the repository's logs/ and reads
     its data/ (sweeps use the same `paths.log_dir`: the README's sweeps run above)."""
@@ -500,3 +512,21 @@ def test_paths_are_anchored_at_the_project_root(tmp_path: Path) -> None:
     assert f"dir: {ROOT}/logs/train/multiruns/" in done.stdout
     assert f"root: {ROOT}/data\n" in done.stdout
     assert not any(tmp_path.iterdir())  # nothing written where the command was started
+
+
+@pytest.mark.parametrize("name", ["unet_small", "unet_ddpm_cifar10", "unet_seed"])
+def test_parameter_counts_in_the_readme_are_the_configs(name: str) -> None:
+    """The count the configs table gives each `model=` preset is that of the network its config
+    builds (one number per preset: other layouts are named by what differs, e.g. "2 blocks")."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    counts = re.findall(rf"`{name}` \([^)]*?([\d,]+) params", README.read_text())
+    assert len(counts) == 1, counts
+    data = "digits" if name == "unet_small" else "cifar10"  # the images each is made for
+    net = instantiate(compose_train([f"model={name}", f"data={data}"]).model.net)
+    assert int(counts[0].replace(",", "")) == sum(p.numel() for p in net.parameters())
+    # a table row naming the preset and only a resolution gives the preset's own count
+    for row in re.findall(rf"^\| {name} \(\d+x\d+\) \| ([\d,]+) \|", README.read_text(), re.M):
+        assert row == counts[0], row

@@ -1,8 +1,8 @@
 """Nothing lost, nothing run (issue 14): last.ckpt, run folders, NaNs, signals, atomic saves.
 
-Signals are sent with `os.kill`: to `python train.py` subprocesses from outside (SIGTERM, SIGINT,
-SIGKILL at whatever moment they land), and in-process at a chosen step for the exact-resume
-checks.
+Signals are real, sent with `os.kill`: to two `python train.py` processes from outside (SIGINT
+during set-up, SIGTERM once training saved a checkpoint), and in-process at a chosen step for
+the exact-resume check.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import lightning as L
 import pytest
 import torch
 
-import ddpm_unet.train as train_module
-from ddpm_unet.callbacks import checkpoint_io
-from ddpm_unet.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
+import ddpm_unet.utils.instantiate as instantiate_module
 from ddpm_unet.callbacks.divergence import TrainingDivergedError
+from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.train import run
+from ddpm_unet.utils import checkpoint as checkpoint_module
+from ddpm_unet.utils.checkpoint import AtomicCheckpointIO, CheckpointSaveError
 from ddpm_unet.utils.config_checks import ConfigError
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.interrupts import Interrupted, handle_signals, raise_if_interrupted
 from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
 
 # 3 batches per epoch, validation every epoch, no sample grids until the end, dropout on (so
@@ -51,8 +53,10 @@ def _max_weight_diff(a: dict, b: dict) -> float:
 
 def _with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
     """Add `callback` to the next runs' callbacks (what the config builds, plus this one)."""
-    build = train_module.instantiate_callbacks
-    monkeypatch.setattr(train_module, "instantiate_callbacks", lambda cfg: [*build(cfg), callback])
+    build = instantiate_module.instantiate_callbacks
+    monkeypatch.setattr(
+        instantiate_module, "instantiate_callbacks", lambda c: [*build(c), callback]
+    )
 
 
 class _SignalAtStep(L.Callback):
@@ -66,62 +70,69 @@ class _SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run of RUN (9 steps): the weights every resume must reproduce."""
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """An uninterrupted run of RUN (9 steps): the weights every resume must reproduce; and the
+    messages of `ddpm_unet.train`. Best checkpoints every 2nd epoch only (the weights do not
+    depend on it), so the 3rd epoch saves none."""
     out = tmp_path_factory.mktemp("reference")
-    run(compose_train(RUN, out))
-    return out
+    logger, records = logging.getLogger("ddpm_unet.train"), _Records()
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        run(compose_train([*RUN, "+callbacks.model_checkpoint.every_n_epochs=2"], out))
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    return out, records.messages
 
 
 def test_last_ckpt_is_the_final_state_and_the_summary_names_the_files(
-    reference_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    reference_run: tuple[Path, list[str]],
 ) -> None:
-    # Best checkpoints every 2nd epoch only: the 3rd epoch saves none, so Lightning's save_last
-    # left last.ckpt at step 6 of 9.
-    caplog.set_level(logging.INFO, logger="ddpm_unet.train")
-    run(compose_train([*RUN, "+callbacks.model_checkpoint.every_n_epochs=2"], tmp_path))
-    status = json.loads((tmp_path / "status.json").read_text())
+    # Lightning's save_last alone left last.ckpt at step 6 of 9 (the last best checkpoint).
+    out, messages = reference_run
+    status = json.loads((out / "status.json").read_text())
     assert status["status"] == "completed" and status["metrics"]["global_step"] == 9
-    assert _load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 9
-    assert _load(tmp_path / "checkpoints" / "epoch_0001.ckpt")["global_step"] == 6
-    summary = next(r.getMessage() for r in caplog.records if "Run summary" in r.getMessage())
+    assert _load(out / "checkpoints" / "last.ckpt")["global_step"] == 9
+    assert _load(out / "checkpoints" / "epoch_0001.ckpt")["global_step"] == 6
+    summary = next(m for m in messages if "Run summary" in m)
     assert "9 steps" in summary and "val/loss" in summary
-    assert f"last checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}" in summary
-    assert f"final samples: {tmp_path / 'samples' / 'final.png'}" in summary
+    assert f"last checkpoint: {out / 'checkpoints' / 'last.ckpt'}" in summary
+    assert f"final samples: {out / 'samples' / 'final.png'}" in summary
     assert "epoch_0001.ckpt" in summary  # the best val/loss checkpoint
     # A run that completed leaves no interrupted.ckpt behind.
-    assert not (reference_run / "checkpoints" / "interrupted.ckpt").exists()
+    assert not (out / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def test_existing_run_folder_is_refused_before_anything_is_overwritten(
-    reference_run: Path,
+def test_an_earlier_runs_folder_is_refused_naming_both_ways_out(
+    reference_run: tuple[Path, list[str]],
 ) -> None:
-    status_before = (reference_run / "status.json").read_bytes()
-    last_before = (reference_run / "checkpoints" / "last.ckpt").read_bytes()
+    folder = reference_run[0]
+    check_run_folder(folder, ckpt_path=str(folder / "checkpoints" / "last.ckpt"))  # a resume
     with pytest.raises(ConfigError) as err:
-        run(compose_train(RUN, reference_run))
+        check_run_folder(folder, ckpt_path=None)
     message = str(err.value)
-    assert f"ckpt_path={reference_run / 'checkpoints' / 'last.ckpt'}" in message
+    assert f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}" in message
     assert "new folder" in message and "hydra.run.dir" in message
-    assert (reference_run / "status.json").read_bytes() == status_before
-    assert (reference_run / "checkpoints" / "last.ckpt").read_bytes() == last_before
 
 
-def test_cli_run_folders_never_collide_and_an_old_one_is_not_reused(tmp_path: Path) -> None:
-    # Two runs started together (stopped by a bad value right after their folder is made).
-    args = [sys.executable, "train.py", "model.net.is_attn=[false]", f"paths.log_dir={tmp_path}"]
-    procs = [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in "ab"]
-    for proc in procs:
-        proc.communicate(timeout=300)
-    folders = sorted((tmp_path / "train" / "runs").iterdir())
-    assert len(folders) == 2, folders
-    # The same folder again, now holding a checkpoint, without ckpt_path: refused, nothing written.
-    old = folders[0]
+def test_cli_refuses_an_old_run_folder_before_hydra_writes_into_it(tmp_path: Path) -> None:
+    old = tmp_path / "old_run"
+    (old / ".hydra").mkdir(parents=True)
+    (old / ".hydra" / "config.yaml").write_text("an earlier run's config\n")
     (old / "checkpoints").mkdir()
     (old / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's weights")
-    config_before = (old / ".hydra" / "config.yaml").read_bytes()
-    status_before = (old / "status.json").read_bytes()
     result = subprocess.run(
         [sys.executable, "train.py", f"hydra.run.dir={old}", f"paths.log_dir={tmp_path}"],
         cwd=ROOT,
@@ -132,8 +143,8 @@ def test_cli_run_folders_never_collide_and_an_old_one_is_not_reused(tmp_path: Pa
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"ckpt_path={old / 'checkpoints' / 'last.ckpt'}" in result.stderr
     assert "Traceback" not in result.stderr
-    assert (old / ".hydra" / "config.yaml").read_bytes() == config_before
-    assert (old / "status.json").read_bytes() == status_before
+    assert (old / ".hydra" / "config.yaml").read_text() == "an earlier run's config\n"
+    assert sorted(p.name for p in old.iterdir()) == [".hydra", "checkpoints"]
 
 
 class _PoisonWeightsAtStep(L.Callback):
@@ -189,31 +200,48 @@ def test_user_error_inside_fit_writes_no_interrupted_checkpoint(
     assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_are_recorded_until_a_safe_point_and_handlers_restored() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with handle_signals():
+        raise_if_interrupted()  # nothing received yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        with handle_signals(), pytest.raises(Interrupted) as info:  # nested: the signal is kept
+            raise_if_interrupted()
+        assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):  # a SIGINT after a signal: stop at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with handle_signals():
+        raise_if_interrupted()  # a new block forgets the earlier signal
+
+
 def test_signal_mid_epoch_saves_interrupted_ckpt_and_resume_is_exact(
-    signum: int, reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reference_run: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    step = 4 if signum == signal.SIGTERM else 3  # mid-epoch / at an epoch's end
-    _with_extra_callback(monkeypatch, _SignalAtStep(step, signum))
+    # SIGINT: stopped by InterruptCheckpoint (SIGTERM, in the command-line test below, also
+    # sets Lightning's flag, whose SIGTERMException comes first)
+    _with_extra_callback(monkeypatch, _SignalAtStep(4, signal.SIGINT))
     with pytest.raises(SystemExit) as exit_info:
         run(compose_train(RUN, tmp_path / "stopped"))
-    assert exit_info.value.code == 128 + signum
+    assert exit_info.value.code == 128 + signal.SIGINT
     status = json.loads((tmp_path / "stopped" / "status.json").read_text())
     ckpt = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
-    assert status["status"] == "interrupted" and status["step"] == step
-    assert status["checkpoint"] == str(ckpt)
-    assert _load(ckpt)["global_step"] == step
+    assert status["status"] == "interrupted" and status["step"] == 4
+    assert status["signal"] == "SIGINT" and status["checkpoint"] == str(ckpt)
+    assert _load(ckpt)["global_step"] == 4
 
     monkeypatch.undo()
     run(compose_train([*RUN, f"ckpt_path={ckpt}"], tmp_path / "resumed"))
     resumed = _load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    reference = _load(reference_run / "checkpoints" / "last.ckpt")
+    reference = _load(reference_run[0] / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == reference["global_step"] == 9
     assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
+    assert not (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def _start_cli(out: Path, extra: list[str]) -> subprocess.Popen:
-    args = [f"hydra.run.dir={out}", f"paths.log_dir={out.parent}", *RUN, *extra]
+def _start_cli(out: Path) -> subprocess.Popen:
+    args = [f"hydra.run.dir={out}", f"paths.log_dir={out.parent}", *RUN]
     args = [a for a in args if not a.startswith("trainer.max_epochs")]
     return subprocess.Popen(
         [sys.executable, "train.py", *args, "trainer.max_epochs=8"],
@@ -233,41 +261,26 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.02)
 
 
-def test_cli_sigterm_sigint_sigkill_whenever_they_land(tmp_path: Path) -> None:
-    """Three runs at once: SIGINT as soon as the run folder exists (set-up, before training),
-    SIGTERM once training has saved a checkpoint, SIGKILL likewise; then resume the killed one."""
-    early = _start_cli(tmp_path / "sigint", [])
-    late = _start_cli(tmp_path / "sigterm", [])
-    killed = _start_cli(tmp_path / "sigkill", [])
+def test_cli_sigint_during_set_up_and_sigterm_during_training(tmp_path: Path) -> None:
+    """Two runs at once: SIGINT as soon as the run folder exists (set-up, before training),
+    SIGTERM once training has saved a checkpoint. Both save interrupted.ckpt, record the
+    interruption and exit with 128 + the signal number."""
+    early = _start_cli(tmp_path / "sigint")
+    late = _start_cli(tmp_path / "sigterm")
     _wait_for(tmp_path / "sigint" / ".hydra" / "config.yaml", early)
     os.kill(early.pid, signal.SIGINT)
     _wait_for(tmp_path / "sigterm" / "checkpoints" / "last.ckpt", late)
     os.kill(late.pid, signal.SIGTERM)
-    _wait_for(tmp_path / "sigkill" / "checkpoints" / "last.ckpt", killed)
-    os.kill(killed.pid, signal.SIGKILL)
     for proc, name, code in ((early, "sigint", 130), (late, "sigterm", 143)):
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == code, stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
         status = json.loads((tmp_path / name / "status.json").read_text())
         ckpt = tmp_path / name / "checkpoints" / "interrupted.ckpt"
         assert status["status"] == "interrupted" and status["checkpoint"] == str(ckpt)
+        assert status["resume"] == f"ckpt_path={ckpt}"
         assert _load(ckpt)["global_step"] == status["step"]
     assert json.loads((tmp_path / "sigterm" / "status.json").read_text())["step"] >= 3
-    killed.communicate(timeout=60)
-    assert killed.returncode == -signal.SIGKILL
-    assert not list((tmp_path / "sigkill" / "checkpoints").glob("*.tmp-*"))
-
-    # Resume the SIGKILLed run from whatever last.ckpt it left: the same weights as a run of
-    # the same length never interrupted.
-    whole = [*[a for a in RUN if not a.startswith("trainer.max_epochs")], "trainer.max_epochs=8"]
-    last = tmp_path / "sigkill" / "checkpoints" / "last.ckpt"
-    assert _load(last)["global_step"] < 24  # killed before the end
-    run(compose_train([*whole, f"ckpt_path={last}"], tmp_path / "resumed"))
-    run(compose_train(whole, tmp_path / "whole"))
-    resumed = _load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    reference = _load(tmp_path / "whole" / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == reference["global_step"] == 24
-    assert _max_weight_diff(resumed["state_dict"], reference["state_dict"]) == 0.0
 
 
 def _checkpoint() -> dict:
@@ -287,7 +300,7 @@ def test_atomic_save_disk_full_leaves_the_old_file_and_no_partial_or_temp_file(
         fh.write(b"\0" * 1000)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
     with pytest.raises(CheckpointSaveError, match=r"last.ckpt: No space left .*disk is full"):
         io.save_checkpoint({**_checkpoint(), "global_step": 8}, target)
     assert target.read_bytes() == good  # the previous checkpoint, whole
@@ -304,19 +317,3 @@ def test_atomic_save_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path
     with pytest.raises(CheckpointSaveError, match=r"could not save the checkpoint .*paths.log_dir"):
         AtomicCheckpointIO().save_checkpoint(_checkpoint(), blocker / "checkpoints" / "last.ckpt")
     assert blocker.read_text() == "not a folder"
-
-
-def test_ddp_launcher_hook_is_checked_before_it_is_replaced(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The private Lightning function train.py replaces (to start DDP ranks in the job's folder)
-    is there, and replaced; were it gone, the error names the Lightning version instead of every
-    rank silently starting a run of its own."""
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    from ddpm_unet.utils.distributed import hydra_ddp_subprocess_cmd, install_hydra_ddp_launcher
-
-    assert subprocess_script._hydra_subprocess_cmd is hydra_ddp_subprocess_cmd  # by train.py
-    monkeypatch.delattr(subprocess_script, "_hydra_subprocess_cmd")
-    with pytest.raises(RuntimeError, match=rf"lightning {L.__version__} has no .*_hydra_subproc"):
-        install_hydra_ddp_launcher()

@@ -224,18 +224,13 @@ def run_command(script: str, args: list[str], env: dict[str, str] | None = None)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "command",
-    [["train.py", "logger=csv"], ["train.py", "logger=wandb", "logger.wandb.offline=true"]],
-    ids=["train-csv", "train-wandb"],
-)
 def test_train_resume_refuses_a_planted_checkpoint(
-    command: list[str], contents: dict[str, Any], marker: Path, tmp_path: Path
+    contents: dict[str, Any], marker: Path, tmp_path: Path
 ) -> None:
+    # The W&B set-up reads the same file through the same reader (tested in-process above).
     planted = planted_checkpoint(contents, marker, tmp_path / "last.ckpt")
-    script, *overrides = command
-    args = [*CLI_TINY, *overrides, f"ckpt_path={planted}", f"paths.log_dir={tmp_path / 'logs'}"]
-    output = run_command(script, args)
+    args = [*CLI_TINY, f"ckpt_path={planted}", f"paths.log_dir={tmp_path / 'logs'}"]
+    output = run_command("train.py", args)
     assert f"error: ckpt_path={planted} was refused" in output
     assert not list((tmp_path / "logs").rglob("*.ckpt"))  # stopped before training
 

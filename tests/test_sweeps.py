@@ -86,13 +86,15 @@ def test_mismatched_sweep_is_rejected_before_any_job(tmp_path: Path) -> None:
 
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on_with_joblib(tmp_path: Path) -> None:
-    """n_groups=5 cannot split 16 channels: that job fails, the other completes."""
+    """A folder dataset with no images fails when its data is read (the up-front check builds
+    it fine): that job fails, the other completes."""
     result = run_train_cli(
         [
             "-m",
             "hydra/launcher=local_parallel",
-            "model.net.n_groups=8,5",
-            *[o for o in CLI_TINY if not o.startswith("model.net.n_groups")],
+            "data.dataset=digits,folder",
+            f"data.root={tmp_path / 'no_images'}",
+            *CLI_TINY,
         ],
         tmp_path,
     )
@@ -103,11 +105,11 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_joblib(tmp_path: Path
     }
     assert statuses["0"]["status"] == "completed"
     assert statuses["1"]["status"] == "failed"
-    assert "n_groups=5" in statuses["1"]["error"]
+    assert "no_images" in statuses["1"]["error"]
     frame = run_report(sweep)
     assert "job 1 (failed)" in frame.stdout
     # the failed job's row is marked, its values empty (not 0), its error shortened
-    assert "| - | 1 | - | model.net.n_groups=5 | **failed** | - |" in frame.stdout
+    assert "| - | 1 | - | data.dataset=folder | **failed** | - |" in frame.stdout
     table = pd.read_csv(sweep / "report.csv")
     assert table.status.tolist() == ["completed", "failed"]
     assert pd.isna(table.best_val_loss[1]) and table.best_val_loss[0] > 0

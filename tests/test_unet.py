@@ -190,23 +190,24 @@ def test_unet_channels_last_and_multihead() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (
-            dict(ch_mults=(1, 2), is_attn=(False,)),
-            "is_attn=[False] has 1 entries but ch_mults=[1, 2] has 2",
-        ),
-        (dict(ch_mults=(1, 0), is_attn=(False, False)), "ch_mults=[1, 0] must hold positive"),
-        (dict(ch_mults=(1, 2), is_attn=(0, 1)), "is_attn=[0, 1] must hold only true/false"),
-        (dict(ch_mults="12"), "ch_mults='12' is not a list"),
-        (dict(dropout=1.0), "dropout=1.0 is out of range"),
-        (dict(n_channels=24), "n_channels=24 is not divisible by n_groups=32"),
+        (dict(ch_mults=(1, 2), is_attn=(False,)), "is_attn=[False] must hold one true/false per"),
+        (dict(ch_mults=(1, 0), is_attn=(False, False)), "ch_mults=[1, 0] must hold whole numbers"),
+        (dict(ch_mults=(1, 2), is_attn=(0, 1)), "is_attn=[0, 1] must hold one true/false"),
+        (dict(ch_mults="12"), "ch_mults='12' must be a non-empty list"),
+        (dict(ch_mults=(), is_attn=()), "ch_mults=() must be a non-empty list"),
+        (dict(dropout=1.0), "dropout=1.0 must be a number from 0 up to (not including) 1"),
+        (dict(n_channels=20), "n_channels=20 must be a multiple of 8"),
+        (dict(n_channels=24, n_groups=32), "n_channels=24 is not divisible by n_groups=32"),
         (
             dict(n_channels=32, ch_mults=(1, 3), is_attn=(False, False), n_groups=64),
             "n_channels=32 is not divisible by n_groups=64",
         ),
-        (dict(n_blocks=0), "n_blocks=0 is out of range"),
-        (dict(n_blocks=1.5), "n_blocks=1.5 is not an integer"),
-        (dict(ch_mults=(), is_attn=()), "ch_mults=() is empty"),
-        (dict(n_channels=32, n_heads=3), "not divisible by n_heads=3"),
+        (dict(n_blocks=0), "n_blocks=0 must be a whole number >= 1"),
+        (dict(n_blocks=1.5), "n_blocks=1.5 must be a whole number >= 1"),
+        (dict(n_channels=32, n_heads=3), "n_heads=3 does not divide the 64 channels"),
+        (dict(attn_backend="flash"), "attn_backend='flash' must be 'sdpa' or 'einsum'"),
+        (dict(num_classes=0), "num_classes=0 must be a whole number >= 1"),
+        (dict(image_size=12), "image_size=12 does not halve through the 4 levels"),
     ],
 )
 def test_bad_construction_raises_clear_value_error(kwargs: dict, message: str) -> None:
@@ -216,19 +217,56 @@ def test_bad_construction_raises_clear_value_error(kwargs: dict, message: str) -
         ch_mults=(1, 2, 2, 2),
         is_attn=(False, True, False, False),
         n_blocks=1,
+        n_groups=8,
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         UNet(**{**base, **kwargs})
 
 
-def test_image_size_not_divisible_fails_at_forward() -> None:
-    model = UNet(
-        image_channels=1,
-        n_channels=16,
-        ch_mults=(1, 2, 2),
-        is_attn=(False,) * 3,
-        n_blocks=1,
-        n_groups=8,
-    )
-    with pytest.raises(ValueError, match=r"image_size=10x10 is not divisible by 4"):
-        model(torch.randn(1, 1, 10, 10), torch.tensor([0]))
+TINY = dict(image_channels=1, n_channels=16, ch_mults=(1, 2), is_attn=(False, True), n_blocks=1)
+
+
+def test_image_size_is_checked_when_built_not_per_forward() -> None:
+    with pytest.raises(ValueError, match=r"image_size=9 .*use a positive multiple of 2"):
+        UNet(**TINY, n_groups=8, image_size=9)
+    model = UNet(**TINY, n_groups=8, image_size=8)
+    assert model(torch.randn(1, 1, 8, 8), torch.tensor([0])).shape == (1, 1, 8, 8)
+
+
+def test_class_conditional_net_adds_one_embedding_and_keeps_the_unconditional_keys() -> None:
+    torch.manual_seed(0)
+    plain = UNet(**TINY, n_groups=8).eval()
+    torch.manual_seed(0)
+    cond = UNet(**TINY, n_groups=8, num_classes=10).eval()
+    time_channels = 4 * 16
+    assert n_params(cond) - n_params(plain) == 11 * time_channels  # 10 classes + "no class"
+    assert plain.num_classes is None and cond.num_classes == 10
+    # An unconditional checkpoint's keys are those of before: no class_emb entry.
+    extra = set(cond.state_dict()) - set(plain.state_dict())
+    assert extra == {"class_emb.weight"} and not any("class" in k for k in plain.state_dict())
+    cond.load_state_dict(plain.state_dict(), strict=False)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 50, 999])
+    with torch.no_grad():
+        y = torch.tensor([0, 9, 10])
+        out = cond(x, t, y)
+        assert out.shape == x.shape
+        # y=None is the no-class token for every image.
+        assert torch.equal(cond(x, t), cond(x, t, torch.full((3,), 10)))
+        assert not torch.allclose(cond(x, t, torch.tensor([0, 0, 0])), cond(x, t))
+        # Classes act through the time embedding only: a zero class embedding is the plain net.
+        cond.class_emb.weight.zero_()
+        assert torch.allclose(cond(x, t, y), plain(x, t), atol=1e-6)
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, t, y)
+
+
+def test_fractional_timesteps_embed_between_their_neighbours() -> None:
+    emb = TimeEmbedding(64)
+    feats = emb.sinusoidal_features(torch.tensor([10.0, 10.5, 11.0], dtype=torch.float64))
+    assert torch.allclose(feats[1], emb.sinusoidal_features(torch.tensor([10.5]))[0])
+    assert not torch.equal(feats[1], feats[0]) and not torch.equal(feats[1], feats[2])
+    model = UNet(**TINY, n_groups=8).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x, torch.tensor([3, 7])), model(x, torch.tensor([3.0, 7.0])))
+        assert torch.isfinite(model(x, torch.tensor([3.25, 7.5]))).all()

@@ -58,7 +58,7 @@ def log_to_loggers(cfg: DictConfig, metrics: dict[str, float], step: int) -> Non
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path`; write `<output_dir>/metrics.json`; return its content (rank 0;
     the other ranks only generate their share of the images and return an empty dict)."""
-    check_eval_config(cfg)  # bad values name their key here, before any file is read
+    sampler = check_eval_config(cfg)  # bad values name their key here, before any file is read
     metric_flags = {k: bool(cfg.metrics[k]) for k in ("fid", "kid", "isc", "prc")}
     if not any(metric_flags.values()):
         raise UserError("metrics: every metric is off; enable at least one of fid/kid/isc/prc.")
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cache_root = Path(cfg.cache_dir)
     use_cache = bool(cfg.use_cache)
     with isolated_distributed_job():
-        trainer, module, settings = prepare_generation(cfg, model)
+        trainer, module, settings = prepare_generation(cfg, model, sampler)
         reference = None
         if trainer.is_global_zero:
             reference = build_reference_set(

@@ -37,7 +37,7 @@ from ddpm_unet.generation.guidance import (
 )
 from ddpm_unet.generation.predict import GenerationModule, generate
 from ddpm_unet.generation.shards import FORMAT, ShardStore, write_npz
-from ddpm_unet.models.samplers import build_sampler
+from ddpm_unet.models.samplers import DDPM, Sampler
 from ddpm_unet.utils.checkpoint import (
     CheckpointNotFoundError,
     model_from_checkpoint,
@@ -111,7 +111,7 @@ def _plain(value: Any) -> Any:
 
 
 def prepare_generation(
-    cfg: DictConfig, model: LitDiffusion
+    cfg: DictConfig, model: LitDiffusion, sampler: Sampler | None
 ) -> tuple[L.Trainer, GenerationModule, dict[str, Any]]:
     """What `sample.py` and `eval.py` share: the labels and guidance scale (checked against the
     checkpoint's classes first), the Trainer of `cfg.trainer` (no loggers, checkpoints,
@@ -126,7 +126,7 @@ def prepare_generation(
     )
     both = runs_both_halves(labels, guidance_scale)
     model_batch = effective_model_batch(int(cfg.model_batch), num_samples, both)
-    sampler = build_sampler(cfg.sampler)
+    sampler = DDPM() if sampler is None else sampler  # built by the config check
     trainer = instantiate(
         cfg.trainer,
         **device_overrides(cfg.trainer, cfg.device),
@@ -214,11 +214,11 @@ def class_rows(images: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load `cfg.ckpt_path`, sample `cfg.num_samples` images on the trainer's devices, write
     them (rank 0); return the info dict (empty on the other ranks)."""
-    check_sample_config(cfg)  # bad values name their key here, before the checkpoint is read
+    sampler = check_sample_config(cfg)  # bad values name their key, before the checkpoint is read
     model = load_model(cfg.ckpt_path, "cpu")  # the trainer moves it to its device
     out = Path(cfg.paths.output_dir)
     with isolated_distributed_job():
-        trainer, module, settings = prepare_generation(cfg, model)
+        trainer, module, settings = prepare_generation(cfg, model, sampler)
         images, generated = generate_or_stop(trainer, module, settings)
     if images is None:  # not rank 0: rank 0 writes the outputs
         return {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 import time
 import traceback
@@ -16,25 +17,22 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from ddpm_unet.callbacks import signals
-from ddpm_unet.callbacks.checkpoints import InterruptCheckpoint
-from ddpm_unet.callbacks.run_folder import check_run_folder
 from ddpm_unet.callbacks.sample_grid import SampleGrid
-from ddpm_unet.utils.config_checks import check_train_config, run_config_of
-from ddpm_unet.utils.distributed import install_hydra_ddp_launcher, isolated_distributed_job
+from ddpm_unet.utils.checkpoint import InterruptCheckpoint, read_lit_checkpoint
+from ddpm_unet.utils.compat import install_hydra_ddp_launcher
+from ddpm_unet.utils.config_checks import check_train_config, run_config_of  # noqa: F401 (tests)
+from ddpm_unet.utils.distributed import isolated_distributed_job
+from ddpm_unet.utils.errors import ConfigError
 from ddpm_unet.utils.files import atomic_write
-from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from ddpm_unet.utils.interrupts import Interrupted, handle_signals, signal_name
 from ddpm_unet.utils.launchers import warn_if_jobs_share_devices
-from ddpm_unet.utils.wandb_setup import configure_wandb
 
 log = logging.getLogger(__name__)
-install_hydra_ddp_launcher()
 
 
 @rank_zero_only
@@ -49,22 +47,14 @@ def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
 
 
 def fit(cfg: DictConfig) -> dict[str, float]:
-    """Build data, model, callbacks, loggers and trainer from `cfg`; fit; return final metrics."""
-    check_train_config(cfg)  # wrong combinations fail here, before any data is read
-    if cfg.extras.get("ignore_warnings"):
+    """Build data, model, callbacks, loggers and trainer from `cfg` (all checked before anything
+    is written); fit; return final metrics."""
+    if cfg.extras.ignore_warnings:
         warnings.filterwarnings("ignore")
-    if cfg.get("seed") is not None:  # `is not None`: seed 0 is a seed
-        L.seed_everything(cfg.seed, workers=True)
-
-    model = instantiate(cfg.model, _convert_="object")
-    model.run_config = run_config_of(cfg)
-    datamodule = instantiate(cfg.data, _convert_="object")
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    configure_wandb(cfg)
-    loggers = instantiate_loggers(cfg.get("logger"))
-    if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
-        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    built = check_train_config(cfg)  # bad values and combinations fail here, before any data
+    model, trainer, loggers = built.model, built.trainer, built.loggers
+    if cfg.init_from:
+        load_init_weights(model, cfg.init_from)
     hparams = {**model.run_config, "model/params/total": model.num_parameters}
     hparams["model/params/trainable"] = sum(
         p.numel() for p in model.net.parameters() if p.requires_grad
@@ -76,8 +66,8 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         # Lightning's warning that the dataloader is not resumable does not apply.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
 
-    if cfg.get("train", True):
-        _fit_or_interrupt(trainer, model, datamodule, cfg.get("ckpt_path"))
+    if cfg.train:
+        _fit_or_interrupt(trainer, model, built.datamodule, cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or v}
     metrics["global_step"] = trainer.global_step
     metrics["params"] = model.num_parameters
@@ -86,9 +76,38 @@ def fit(cfg: DictConfig) -> dict[str, float]:
             # best/val/loss, best/val/fid: the number a sweep compares jobs by
             metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
             metrics[f"best/{ckpt_cb.monitor}/checkpoint"] = ckpt_cb.best_model_path
-    if cfg.get("train", True):
+    if cfg.train:
         log_run_summary(trainer, metrics)
     return metrics
+
+
+def load_init_weights(model: L.LightningModule, path: str) -> None:
+    """`init_from=<path>`: the network's weights (and its EMA's, when the checkpoint has them;
+    else the EMA starts from the network) from a checkpoint read as data only; the optimiser,
+    the lr schedule and the step start afresh. Refused (`ConfigError`) at the first weight
+    whose name or shape differs. The checkpoint's `run_config` is recorded in this run's as
+    `init_from: {ckpt_path, run_config}`."""
+    checkpoint = read_lit_checkpoint(path, key="init_from")
+    found, own = checkpoint["state_dict"], model.state_dict()
+    has_ema = any(name.startswith("ema.") for name in found)
+    wanted = {k: v for k, v in own.items() if has_ema or not k.startswith("ema.")}
+    for name in [*wanted, *found]:
+        mine, theirs = wanted.get(name), found.get(name)
+        if mine is None or theirs is None or mine.shape != theirs.shape:
+
+            def shape(t: torch.Tensor | None) -> str:
+                return "absent" if t is None else str(list(t.shape))
+
+            raise ConfigError(
+                f"init_from={path} holds another network than the configured model: {name} is "
+                f"{shape(theirs)} in the checkpoint, {shape(mine)} here. Configure the model "
+                "as in that run (its .hydra/config.yaml), or train without init_from."
+            )
+    model.load_state_dict(found, strict=False)  # every weight checked above; EMA maybe not
+    if not has_ema:
+        model.ema.module.load_state_dict(model.net.state_dict())
+    model.run_config["init_from"] = {"ckpt_path": str(path), "run_config": checkpoint["run_config"]}
+    log.info("init_from=%s: network%s weights loaded; step 0", path, " and EMA" if has_ema else "")
 
 
 def _model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
@@ -96,25 +115,28 @@ def _model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
     return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
 
 
+class TrainingInterrupted(Interrupted):
+    """`Interrupted` while training: `step` is the optimiser step reached, `checkpoint` the file
+    that holds it (None when nothing could be saved)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None) -> None:
+        super().__init__(signum)
+        self.step, self.checkpoint = step, checkpoint
+
+
 def _fit_or_interrupt(
     trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
 ) -> None:
-    """`trainer.fit`; a SIGTERM/SIGINT, wherever it landed, becomes `TrainingInterrupted`
-    carrying the step reached and the checkpoint holding it (see `ddpm_unet.callbacks.signals`).
-    """
-    saver = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+    """`trainer.fit`; a SIGTERM/SIGINT (`InterruptCheckpoint` stops the loops at a safe point and
+    saves, Lightning raises `SIGTERMException` in validation) becomes `TrainingInterrupted`."""
+    install_hydra_ddp_launcher()  # DDP ranks re-run this job, in its output folder
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except (signals.TrainingInterrupted, SIGTERMException, KeyboardInterrupt) as err:
-        signum = signals.received() or getattr(err, "signum", None)
-        if signum is None:
-            raise  # a KeyboardInterrupt without our handler (e.g. a library call): not ours
+    except (Interrupted, SIGTERMException) as err:
+        saver = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+        signum = getattr(err, "signum", signal.SIGTERM)
         path = saver.saved_path if saver is not None else None
-        raise signals.TrainingInterrupted(signum, trainer.global_step, path) from err
-    signum = signals.received()
-    if signum is not None:  # arrived after training ended (teardown): the final state, saved
-        path = saver.save(trainer) if saver is not None else None
-        raise signals.TrainingInterrupted(signum, trainer.global_step, path)
+        raise TrainingInterrupted(signum, trainer.global_step, path) from err
 
 
 @rank_zero_only
@@ -153,30 +175,27 @@ def run(cfg: DictConfig) -> float | None:
         timing = {"wall_s": end - start, "start": start, "end": end}
         write_status(output_dir, {"status": status, **fields, **timing})
 
-    # Before anything is written (status.json included): an earlier run's folder is not reused
-    # without ckpt_path.
-    check_run_folder(output_dir, cfg.get("ckpt_path"))
     warn_if_jobs_share_devices(cfg)  # local_parallel: GPU jobs side by side share GPU 0
     try:
-        with signals.deferred_signals(), isolated_distributed_job():
+        with handle_signals(), isolated_distributed_job():
             metrics = fit(cfg)
-    except signals.TrainingInterrupted as stop:
+    except TrainingInterrupted as stop:
         record(
             "interrupted",
-            signal=signals.signal_name(stop.signum),
+            signal=signal_name(stop.signum),
             step=stop.step,
             checkpoint=stop.checkpoint,
             resume=f"ckpt_path={stop.checkpoint}" if stop.checkpoint else None,
         )
         log.warning(
             "%s: stopped at step %s; %s",
-            signals.signal_name(stop.signum),
+            signal_name(stop.signum),
             stop.step,
             f"resume with ckpt_path={stop.checkpoint}" if stop.checkpoint else "nothing saved",
         )
         # 128 + signal number, as a shell reports a process ended by that signal (130, 143);
         # `train && eval` then stops, also in a multirun.
-        raise SystemExit(128 + stop.signum) from None
+        raise SystemExit(stop.exit_code) from None
     except Exception as err:
         record("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
@@ -188,5 +207,5 @@ def run(cfg: DictConfig) -> float | None:
         if wandb is not None and wandb.run is not None:
             wandb.finish()  # so the next job of a multirun starts its own W&B run
     record("completed", metrics=metrics)
-    value = metrics.get(cfg.get("optimized_metric") or "")
+    value = metrics.get(cfg.optimized_metric or "")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None

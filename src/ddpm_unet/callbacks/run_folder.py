@@ -1,7 +1,6 @@
 """A run folder is never reused by accident: running again in an earlier run's `hydra.run.dir`
 (without `ckpt_path`) overwrote its config and `status.json` and mixed the two runs' checkpoints.
-`RunFolderGuard` refuses it before Hydra writes anything into the folder, and defers SIGTERM/SIGINT
-(`ddpm_unet.callbacks.signals`) from the moment the folder exists."""
+`RunFolderGuard` refuses it before Hydra writes anything into the folder."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-from ddpm_unet.callbacks import signals
 from ddpm_unet.utils.rules import ConfigError
 
 
@@ -34,19 +32,15 @@ def check_run_folder(output_dir: str | os.PathLike[str], ckpt_path: str | None) 
     )
 
 
-def _guards(config: DictConfig) -> bool:
-    """A training run, on rank 0 (extra DDP ranks re-run the job in rank 0's checked folder)."""
-    training = "trainer" in config and bool(config.get("train", True))
-    return training and os.environ.get("LOCAL_RANK", "0") == "0"
-
-
 class RunFolderGuard(HydraCallback):
-    """Hydra callback (configs/hydra/default.yaml): `check_run_folder` for `python train.py`."""
+    """Hydra callback (configs/hydra/default.yaml): `check_run_folder` for `python train.py`, on
+    rank 0 (extra DDP ranks re-run the job in rank 0's checked folder). Hydra calls it before it
+    writes `.hydra/` into the folder; multirun jobs always get new folders."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _guards(config):
+        training = "trainer" in config and bool(config.get("train", True))
+        if not training or os.environ.get("LOCAL_RANK", "0") != "0":
             return
-        signals.install()  # from here on a signal ends the run with status.json and a checkpoint
         try:
             check_run_folder(config.hydra.run.dir, config.get("ckpt_path"))
         except ConfigError as err:
@@ -55,7 +49,3 @@ class RunFolderGuard(HydraCallback):
             if os.environ.get(TRACEBACK_ENV):
                 raise
             report_user_error(err)  # exit 2 with the message, nothing written
-
-    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if _guards(config):
-            signals.uninstall()

@@ -17,8 +17,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-from ddpm_unet.utils.config_checks import ConfigError, check_model_config
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.config_checks import build
+from ddpm_unet.utils.errors import ConfigError, UserError
 
 
 def grid_jobs(config: DictConfig) -> list[list[str]]:
@@ -40,8 +40,9 @@ def grid_jobs(config: DictConfig) -> list[list[str]]:
 
 
 class SweepCheck(HydraCallback):
-    """Before a basic-sweeper multirun: `check_model_config` on every job's composed config; one
-    `ConfigError` naming every invalid job (exit status 2, nothing launched)."""
+    """Before a basic-sweeper multirun: every job's model and data built from its composed config
+    (milliseconds each); one `ConfigError` naming every invalid job (exit status 2, nothing
+    launched)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.runtime.choices.get("hydra/sweeper")  # Hydra's default: basic
@@ -52,7 +53,9 @@ class SweepCheck(HydraCallback):
         errors = []
         for job in jobs:
             try:
-                check_model_config(loader.load_sweep_config(config, job))
+                job_cfg = loader.load_sweep_config(config, job)
+                build(job_cfg.data, "data")
+                build(job_cfg.model, "model")
             except UserError as err:
                 errors.append(f"  {' '.join(job)}\n    -> {err}")
         if errors:

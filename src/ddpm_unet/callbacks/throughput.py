@@ -39,7 +39,8 @@ class ImagesPerSecond(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._images += batch.shape[0] * trainer.world_size
+        images = batch[0] if isinstance(batch, list | tuple) else batch  # (images, labels)
+        self._images += images.shape[0] * trainer.world_size
         self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

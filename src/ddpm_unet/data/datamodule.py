@@ -1,7 +1,7 @@
 """`ImageDataModule`: the LightningDataModule that feeds images to the DDPM.
 
-Every batch is a float tensor `[batch, channels, image_size, image_size]` in [-1, 1], images
-only (no labels), so the LightningModule can write `x0 = batch`.
+Every batch is a float tensor `[batch, channels, image_size, image_size]` in [-1, 1], or with
+`with_labels` the pair `(images, labels [batch] int64)`.
 """
 
 from __future__ import annotations
@@ -27,30 +27,8 @@ from ddpm_unet.data.datasets import (
 )
 from ddpm_unet.data.folder import ImageFolderDataset, list_folder_images
 from ddpm_unet.utils.errors import UserError
-from ddpm_unet.utils.rules import (
-    NON_NEGATIVE_INT,
-    OPEN_FRACTION,
-    POSITIVE_INT,
-    SEED,
-    Choice,
-    Kind,
-    Rule,
-    check_arguments,
-)
 
 log = logging.getLogger(__name__)
-
-# `ImageDataModule`'s arguments (the `data` config), checked by it and the early config check.
-DATA_RULES: tuple[Rule | Choice, ...] = (
-    Choice("dataset", DATASET_NAMES),
-    Rule("image_size", POSITIVE_INT, "32"),
-    Rule("image_channels", Kind(True, lambda v: v in (1, 3), "1 (grey) or 3 (RGB)"), "3"),
-    Rule("batch_size", POSITIVE_INT, "64"),
-    Rule("num_workers", NON_NEGATIVE_INT, "4"),
-    Rule("val_fraction", OPEN_FRACTION, "0.05"),
-    Rule("seed", SEED, "0"),
-    Rule("max_bad_files", NON_NEGATIVE_INT, "10", null_means="skipping any number"),
-)
 
 
 def per_device_batch_size(batch_size: int, world_size: int, world: str = "devices x nodes") -> int:
@@ -61,8 +39,8 @@ def per_device_batch_size(batch_size: int, world_size: int, world: str = "device
         lower = batch_size // world_size * world_size
         options = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
         raise UserError(
-            f"data.batch_size={batch_size} is the global batch size and must be divisible by the "
-            f"world size {world_size} ({world}); set data.batch_size to a multiple of "
+            f"batch_size={batch_size} is the global batch size and must be divisible by the "
+            f"world size {world_size} ({world}); set batch_size to a multiple of "
             f"{world_size}, e.g. {options}, or change the number of devices."
         )
     return batch_size // world_size
@@ -95,7 +73,7 @@ class ResumableRandomSampler(Sampler[int]):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Images for DDPM training: `[C, H, W]` float tensors in [-1, 1], no labels.
+    """Images for DDPM training: `[C, H, W]` float tensors in [-1, 1], with labels if asked.
 
     Args:
         dataset: one of `DATASET_NAMES`: `digits` (scikit-learn's bundled 8x8 digits, offline),
@@ -118,6 +96,10 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: DataLoader `pin_memory` (faster host-to-GPU copies).
         max_bad_files: `folder` only: how many unreadable files may be skipped (with a warning)
             before setup fails with `CorruptImagesError`; None = any number.
+        with_labels: yield `(images, labels)` batches, labels int64 `[batch]` class indices:
+            the datasets' targets, or for `folder` the sorted top-level sub-folder names (as
+            torchvision's `ImageFolder`). `class_names` and `num_classes` are set in `setup`.
+            `celeba` has no classes.
 
     The arguments are kept in `self.hparams` (and in checkpoints). Validation and
     `reference_dataset()` (the real images for FID) use the training transform minus the flip.
@@ -137,9 +119,34 @@ class ImageDataModule(L.LightningDataModule):
         download: bool = True,
         pin_memory: bool = False,
         max_bad_files: int | None = None,
+        with_labels: bool = False,
     ) -> None:
-        # Every argument, named as its `data.` config key (self is ignored).
-        check_arguments(locals(), DATA_RULES, prefix="data.")
+        if dataset not in DATASET_NAMES:
+            raise UserError(
+                f"dataset={dataset!r} is unknown: use one of {', '.join(DATASET_NAMES)}."
+            )
+        if with_labels and dataset == "celeba":
+            raise UserError(
+                "with_labels=True, but dataset='celeba' has no classes: train it unconditionally "
+                "(with_labels=False), or use a dataset with labels (a folder of class sub-folders)."
+            )
+        whole = dict(
+            image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed
+        )
+        if max_bad_files is not None:
+            whole["max_bad_files"] = max_bad_files
+        for name, value in whole.items():
+            low = 1 if name in ("image_size", "batch_size") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{name}={value!r} must be a whole number >= {low}.")
+        if image_channels not in (1, 3) or isinstance(image_channels, bool):
+            raise UserError(f"image_channels={image_channels!r} must be 1 (grey) or 3 (RGB).")
+        if (
+            isinstance(val_fraction, bool)
+            or not isinstance(val_fraction, int | float)
+            or not (0 < val_fraction < 1)
+        ):
+            raise UserError(f"val_fraction={val_fraction!r} must be a number between 0 and 1.")
         super().__init__()
         # logger=False: these are data settings, stored in checkpoints but not as run metrics.
         self.save_hyperparameters(logger=False)
@@ -153,6 +160,13 @@ class ImageDataModule(L.LightningDataModule):
         # Data order (see ResumableRandomSampler): its seed, and where a resumed run starts.
         self.sampler_seed: int | None = None
         self._resume: tuple[int, int] = (0, 0)  # (epoch, batches already done in it)
+        self.with_labels = with_labels
+        self.class_names: list[str] | None = None  # index -> name, set in setup if with_labels
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes the labels index (None without labels, or before `setup`)."""
+        return None if self.class_names is None else len(self.class_names)
 
     def prepare_data(self) -> None:
         """Check that the data is there, downloading it if allowed (Lightning calls this on one
@@ -186,12 +200,14 @@ class ImageDataModule(L.LightningDataModule):
             source = (
                 load_digits_images()
                 if hp.dataset == "digits"
-                else ImageFolderDataset(hp.root, max_bad_files=hp.max_bad_files)
+                else ImageFolderDataset(hp.root, hp.max_bad_files, with_labels=hp.with_labels)
             )
             train_idx, val_idx = random_split_indices(len(source), hp.val_fraction, hp.seed)
             self._sources = {"train": (source, train_idx), "val": (source, val_idx)}
-        self.train_dataset = self._images("train", flip=hp.random_flip)
-        self.val_dataset = self._images("val", flip=False)
+        if hp.with_labels:  # torchvision's datasets, the digits and folders name theirs
+            self.class_names = [str(name) for name in self._sources["train"][0].classes]
+        self.train_dataset = self._images("train", flip=hp.random_flip, labels=hp.with_labels)
+        self.val_dataset = self._images("val", flip=False, labels=hp.with_labels)
         log.info(
             f"Dataset {hp.dataset!r}: {len(self.train_dataset)} train / {len(self.val_dataset)} "
             f"val images, {hp.image_channels} x {hp.image_size} x {hp.image_size}, "
@@ -239,16 +255,16 @@ class ImageDataModule(L.LightningDataModule):
         if split not in ("train", "val"):
             raise UserError(f"split={split!r} must be 'train' or 'val'.")
         self._require(split)
-        return self._images(split, flip=False)
+        return self._images(split, flip=False, labels=False)
 
-    def _images(self, split: str, flip: bool) -> ImageDataset | PrecomputedImages:
+    def _images(self, split: str, flip: bool, labels: bool) -> ImageDataset | PrecomputedImages:
         source, indices = self._sources[split]
         size, channels = self.hparams.image_size, self.hparams.image_channels
         if isinstance(source, TensorDataset):
             # The digits, small and in memory: transform once instead of per item and epoch.
-            fixed = ImageDataset(source, indices, build_transform(size, channels, False))
+            fixed = ImageDataset(source, indices, build_transform(size, channels, False), labels)
             return PrecomputedImages(fixed, random_flip=flip)
-        return ImageDataset(source, indices, build_transform(size, channels, random_flip=flip))
+        return ImageDataset(source, indices, build_transform(size, channels, flip), labels)
 
     def _require(self, split: str) -> ImageDataset | PrecomputedImages:
         if self.train_dataset is None:

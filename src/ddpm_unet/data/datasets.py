@@ -1,7 +1,8 @@
 """The image sources, the image transform, and clear errors for missing data.
 
 `ImageDataset` turns any source into float tensors `[channels, height, width]` in [-1, 1],
-dropping labels (a DDPM is unconditional). Sources: `digits`, scikit-learn's bundled 8x8 digits
+with their integer class labels when asked (every source but CelebA has them; each source's
+`classes` attribute names them). Sources: `digits`, scikit-learn's bundled 8x8 digits
 (offline); torchvision's classes, through their public constructors only (which check their own
 files; with `download=True` they check first, so present files never touch the network);
 `folder` (`ddpm_unet.data.folder`). Missing files and failed downloads end in an error naming
@@ -47,7 +48,8 @@ class DatasetDownloadError(DatasetNotFoundError):
 
 
 def load_digits_images() -> TensorDataset:
-    """scikit-learn's 1797 8x8 handwritten digits as one tensor `[1797, 1, 8, 8]` in [0, 1].
+    """scikit-learn's 1797 8x8 handwritten digits: a tensor `[1797, 1, 8, 8]` in [0, 1] and their
+    labels `[1797]` (int64, 0..9; `.classes` names them "0".."9").
 
     The raw values are integers 0..16; they are divided by 16 and kept as float rather than
     rounded to 8-bit, because 16 levels do not map onto 0..255 exactly.
@@ -55,8 +57,11 @@ def load_digits_images() -> TensorDataset:
     # Imported here: scikit-learn is only needed for this dataset and is slow to import.
     from sklearn.datasets import load_digits
 
-    images = torch.from_numpy(load_digits().images).to(torch.float32)  # [1797, 8, 8], 0..16
-    return TensorDataset((images / 16.0).unsqueeze(1))
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).to(torch.float32)  # [1797, 8, 8], 0..16
+    dataset = TensorDataset((images / 16.0).unsqueeze(1), torch.from_numpy(digits.target).long())
+    dataset.classes = [str(d) for d in range(10)]  # as torchvision's datasets name theirs
+    return dataset
 
 
 class ConvertChannels:
@@ -106,47 +111,59 @@ def build_transform(image_size: int, image_channels: int, random_flip: bool) -> 
     return v2.Compose(steps)
 
 
-class ImageDataset(Dataset[torch.Tensor]):
-    """Images only: `source[indices[i]]` (an image, PIL or `[C, H, W]`, or an `(image, ...)`
-    tuple as torchvision's classes and `TensorDataset` return), label dropped, passed through
-    `transform` (e.g. `build_transform(...)`, giving `[C, H, W]` float in [-1, 1])."""
+class ImageDataset(Dataset[Any]):
+    """`source[indices[i]]` (an image, PIL or `[C, H, W]`, or an `(image, target, ...)` tuple as
+    torchvision's classes and `TensorDataset` return) passed through `transform` (e.g.
+    `build_transform(...)`, giving `[C, H, W]` float in [-1, 1]); with `with_labels`, the pair
+    `(image, int(target))`, else the image alone."""
 
     def __init__(
-        self, source: Dataset[Any], indices: Sequence[int], transform: Callable[[Any], torch.Tensor]
+        self,
+        source: Dataset[Any],
+        indices: Sequence[int],
+        transform: Callable[[Any], torch.Tensor],
+        with_labels: bool = False,
     ) -> None:
         self.source = source
         self.indices = list(indices)
         self.transform = transform
+        self.with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
         item = self.source[self.indices[index]]
-        if isinstance(item, tuple):  # (image, target) or (image,): a DDPM needs only the image
-            item = item[0]
-        return self.transform(item)
+        image = item[0] if isinstance(item, tuple) else item
+        if self.with_labels:
+            return self.transform(image), int(item[1])
+        return self.transform(image)
 
 
-class PrecomputedImages(Dataset[torch.Tensor]):
-    """A small dataset transformed once, held as one tensor `[N, C, H, W]` in [-1, 1]; only the
-    horizontal flip (`random_flip`, probability 0.5) is applied per item. For in-memory sources
-    such as the digits, where the per-item pipeline is pure overhead (a fifth of a training step
-    at batch 256 on a CPU)."""
+class PrecomputedImages(Dataset[Any]):
+    """A small dataset transformed once, held as one tensor `[N, C, H, W]` in [-1, 1] (and its
+    labels `[N]` when `images.with_labels`); only the horizontal flip (`random_flip`,
+    probability 0.5) is applied per item. For in-memory sources such as the digits, where the
+    per-item pipeline is pure overhead (a fifth of a training step at batch 256 on a CPU)."""
 
     def __init__(self, images: ImageDataset, random_flip: bool = False) -> None:
         self.source, self.indices = images.source, images.indices  # as ImageDataset has them
-        self.images = torch.stack([images[i] for i in range(len(images))])
+        items = [images[i] for i in range(len(images))]
+        self.labels: torch.Tensor | None = None
+        if images.with_labels:
+            items, labels = zip(*items)
+            self.labels = torch.tensor(labels, dtype=torch.long)
+        self.images = torch.stack(list(items))
         self.random_flip = random_flip
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]
         if self.random_flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
-        return image
+        return image if self.labels is None else (image, self.labels[index])
 
 
 def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -209,8 +226,8 @@ def _not_found_message(cls: type[VisionDataset], root: str, headline: str) -> st
             status = "checksum mismatch (corrupt, truncated or another version)"
         lines.append(f"  {path}  [{status}]")
     lines.append(
-        f"To get them: {how_to_get}; or run with data.download=true on a machine with network "
-        f"access and data.root={os.path.abspath(root)} (or copy that folder here afterwards)."
+        f"To get them: {how_to_get}; or run with download=True on a machine with network "
+        f"access and root={os.path.abspath(root)} (or copy that folder here afterwards)."
     )
     return "\n".join(lines)
 
@@ -244,7 +261,7 @@ def load_torchvision_split(
     if not download:
         raise DatasetNotFoundError(
             _not_found_message(
-                cls, root, f"Dataset {name!r} not found under {where} and data.download=false."
+                cls, root, f"Dataset {name!r} not found under {where} and download=False."
             )
         )
     how_to_get = _expected_files(cls, root)[1]

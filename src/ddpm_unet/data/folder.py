@@ -1,9 +1,11 @@
-"""Every PNG/JPEG image under a folder, at any depth, as one unlabelled dataset.
+"""Every PNG/JPEG image under a folder, at any depth, as one dataset.
 
-Unlike torchvision's `ImageFolder`, no class sub-folders are required. Files are listed in sorted
-path order, so an image's index (and hence the seeded train/val split) is the same on every
-machine. Every file is decoded in full at construction, so a damaged one is skipped with a
-warning there instead of killing a DataLoader worker mid-epoch (`is_readable_image`).
+Unlike torchvision's `ImageFolder`, no class sub-folders are required; with `with_labels` they
+are, with its convention: each top-level sub-folder is a class, classes in sorted name order.
+Files are listed in sorted path order, so an image's index (and hence the seeded train/val
+split) is the same on every machine. Every file is decoded in full at construction, so a damaged
+one is skipped with a warning there instead of killing a DataLoader worker mid-epoch
+(`is_readable_image`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
@@ -59,11 +62,11 @@ def list_folder_images(root: str | os.PathLike[str]) -> list[Path]:
         DatasetNotFoundError: `root` is missing, not a folder, or has no image file.
     """
     root = Path(root).expanduser()
-    hint = "Set data.root to a folder holding PNG/JPEG images (at any depth)."
+    hint = "Set root to a folder holding PNG/JPEG images (at any depth)."
     if not root.exists():
         raise DatasetNotFoundError(f"Image folder {root.absolute()} does not exist. {hint}")
     if not root.is_dir():
-        raise DatasetNotFoundError(f"data.root={root.absolute()} is not a folder. {hint}")
+        raise DatasetNotFoundError(f"root={root.absolute()} is not a folder. {hint}")
     files = find_image_files(root)
     if not files:
         raise DatasetNotFoundError(
@@ -97,17 +100,36 @@ def _name_files(paths: list[Path]) -> str:
     return shown + (f"\n  ... and {more} more" if more > 0 else "")
 
 
-class ImageFolderDataset(Dataset[Image.Image]):
-    """The readable images under `root`, recursively, as PIL images (EXIF rotation applied).
+class ImageFolderDataset(Dataset[Any]):
+    """The readable images under `root`, recursively, as PIL images (EXIF rotation applied), or
+    with `with_labels` as `(image, class index)`: the classes (`classes`, sorted) are the
+    top-level sub-folders holding images, as in torchvision's `ImageFolder`; an image directly
+    in `root` is then a `UserError`.
 
     Up to `max_bad_files` unreadable files (`None`: any number) are skipped with one warning;
     more, or none readable, raise `CorruptImagesError` naming them, as does `__getitem__` for a
     file that changed after set-up. A missing or empty `root`: `DatasetNotFoundError`.
     """
 
-    def __init__(self, root: str | os.PathLike[str], max_bad_files: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        max_bad_files: int | None = None,
+        with_labels: bool = False,
+    ) -> None:
         candidates = list_folder_images(root)
         self.root = Path(root).expanduser()
+        self.classes: list[str] | None = None
+        if with_labels:
+            tops = [path.relative_to(self.root).parts for path in candidates]
+            loose = [path for path, parts in zip(candidates, tops) if len(parts) == 1]
+            if loose:
+                raise UserError(
+                    f"with_labels=True takes each sub-folder of {self.root} as a class, but "
+                    f"{len(loose)} image(s) lie directly in it, e.g. {loose[0]}: move them into "
+                    "class sub-folders, or train without labels."
+                )
+            self.classes = sorted({parts[0] for parts in tops})
         # Threads: PIL's decoders release the GIL, so they overlap.
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             readable = list(pool.map(is_readable_image, candidates))
@@ -123,29 +145,34 @@ class ImageFolderDataset(Dataset[Image.Image]):
         if max_bad_files is not None and len(self.bad_files) > max_bad_files:
             raise CorruptImagesError(
                 f"{len(self.bad_files)} of {len(candidates)} files under {self.root} are not "
-                f"readable images, more than data.max_bad_files={max_bad_files}:\n"
+                f"readable images, more than max_bad_files={max_bad_files}:\n"
                 f"{_name_files(self.bad_files)}\n"
-                f"Delete or re-export them, or raise data.max_bad_files to skip them."
+                f"Delete or re-export them, or raise max_bad_files to skip them."
             )
         if not self.files:
             raise CorruptImagesError(
                 f"None of the {len(candidates)} image files under {self.root} is readable:\n"
                 f"{_name_files(self.bad_files)}"
             )
+        if self.classes is not None:
+            index = {name: i for i, name in enumerate(self.classes)}
+            self.targets = [index[path.relative_to(self.root).parts[0]] for path in self.files]
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Image.Image:
-        """Return image `index` decoded, in its own mode (L, RGB, RGBA, P, ...)."""
+    def __getitem__(self, index: int) -> Image.Image | tuple[Image.Image, int]:
+        """Image `index` decoded, in its own mode (L, RGB, RGBA, P, ...), with its class index
+        when the dataset has `classes`."""
         path = self.files[index]
         try:
             with Image.open(path) as image:
                 image.load()  # decode now, so the file is closed when we return
                 # Photos often store their rotation in EXIF instead of in the pixels.
-                return ImageOps.exif_transpose(image)
+                image = ImageOps.exif_transpose(image)
         except Exception as err:
             raise CorruptImagesError(
                 f"{path} was readable at set-up but cannot be decoded now ({err}): it changed "
                 "during the run; restore, delete or re-export it."
             ) from err
+        return image if self.classes is None else (image, self.targets[index])

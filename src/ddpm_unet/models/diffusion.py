@@ -20,15 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ddpm_unet.models.schedules import as_kwargs, make_betas
-from ddpm_unet.utils.rules import POSITIVE, Choice, Rule, check_arguments
-
-DIFFUSION_RULES = (  # single-valued arguments, under `model.diffusion.` in the config
-    Choice("prediction_type", ("eps", "x0", "v")),
-    Choice("variance", ("beta", "posterior")),
-    Choice("loss_weighting", ("uniform", "min_snr")),
-    Rule("min_snr_gamma", POSITIVE, "5.0"),  # Hang et al. use 5
-)
+from ddpm_unet.models.schedules import make_betas
+from ddpm_unet.utils.errors import UserError
 
 
 def _extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -66,15 +59,31 @@ class GaussianDiffusion(nn.Module):
         min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
-        # Named as their `model.diffusion.` config keys; `num_timesteps` and the schedule's
-        # arguments are checked by `make_betas` below. The early config check builds this object.
-        check_arguments(locals(), DIFFUSION_RULES, prefix="model.diffusion.")
+        # `num_timesteps`, `schedule` and its arguments are checked by `make_betas` below.
+        for name, value, choices in (
+            ("prediction_type", prediction_type, ("eps", "x0", "v")),
+            ("variance", variance, ("beta", "posterior")),
+            ("loss_weighting", loss_weighting, ("uniform", "min_snr")),
+        ):
+            if value not in choices:
+                raise UserError(f"{name}={value!r} is unknown: use one of {', '.join(choices)}.")
+        if (
+            isinstance(min_snr_gamma, bool)
+            or not isinstance(min_snr_gamma, int | float)
+            or not (min_snr_gamma > 0)
+        ):
+            raise UserError(f"min_snr_gamma={min_snr_gamma!r} must be a number > 0, e.g. 5.0.")
+        if schedule_kwargs is not None and not isinstance(schedule_kwargs, Mapping):
+            raise UserError(
+                f"schedule_kwargs={schedule_kwargs!r} must be a mapping of the schedule's "
+                "arguments, e.g. {s: 0.008} for cosine, or null for its defaults."
+            )
         self.num_timesteps = num_timesteps
         self.prediction_type = prediction_type
         self.variance = variance
         self.clip_x0 = clip_x0
         self.loss_weighting = loss_weighting
-        self.betas64 = make_betas(schedule, num_timesteps, **as_kwargs(schedule_kwargs))
+        self.betas64 = make_betas(schedule, num_timesteps, **(schedule_kwargs or {}))
         self.alpha_bar64 = alpha_bar = torch.cumprod(1.0 - self.betas64, dim=0)
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         # Min-SNR-gamma (Hang et al. 2023) shrinks the loss at nearly clean steps, whose easy

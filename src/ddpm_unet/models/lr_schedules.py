@@ -1,85 +1,89 @@
-"""Learning-rate schedules, named under `scheduler:` in `configs/model/*.yaml` as `_partial_`
-objects. `LitDiffusion.configure_optimizers` calls one with the optimiser and the run's length in
-optimiser steps (`trainer.estimated_stepping_batches`, known only once the trainer has the data).
+"""Learning-rate schedules, named under `scheduler:` in `configs/model/*.yaml`. Built with their
+settings (which they check then); `LitDiffusion.configure_optimizers` calls one with the
+optimiser and the run's length in optimiser steps (`trainer.estimated_stepping_batches`, known
+only once the trainer has the data).
+
+The run length is never saved in a checkpoint: `LambdaLR` saves the attributes of a callable
+object it is given (`__dict__`), and a run resumed with more steps (`trainer.max_epochs` raised)
+then restored the old length and trained at learning rate 0. The multiplier is a
+`functools.partial`, whose arguments are not in its `__dict__`: a resumed run's schedule is
+re-planned over the new run's length, continuing from the step reached.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from typing import Literal
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from ddpm_unet.utils.errors import UserError
-from ddpm_unet.utils.rules import FRACTION, NON_NEGATIVE_INT, Choice, Rule, check_arguments
 
 log = logging.getLogger(__name__)
 
 
-class LRFactor:
-    """`LambdaLR` multiplier after `step` optimiser steps: linear warm-up over `warmup` steps,
-    then 1, or, with `total`, a half cosine from 1 down to `min_ratio` at step `total`.
-
-    A class, not a closure, so the module pickles (`ddp_spawn`)."""
-
-    def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.0) -> None:
-        self.warmup = warmup
-        self.total = total
-        self.min_ratio = min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.total is None:
-            return 1.0
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(step: int, warmup: int, total: int | None = None, min_ratio: float = 0.0) -> float:
+    """The multiplier after `step` optimiser steps: linear warm-up over `warmup` steps, then 1,
+    or, with `total`, a half cosine from 1 down to `min_ratio` at step `total` (and after)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if total is None:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-WARMUP_COSINE_RULES = (
-    Rule("warmup_steps", NON_NEGATIVE_INT, "5000"),
-    Choice("decay", ("none", "cosine")),  # none: DDPM's constant rate
-    Rule("min_lr_ratio", FRACTION, "0.1"),
-)
+class ReplannedLambdaLR(LambdaLR):
+    """`LambdaLR` whose restored state follows this run's multiplier: loading a checkpoint sets
+    the optimiser's lr (restored just before, by Lightning) to the multiplier at the step
+    reached. The same run length gives the saved lr exactly; a longer one its own plan's."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        step = self.last_epoch
+        lrs = [base * fn(step) for base, fn in zip(self.base_lrs, self.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = lrs
 
 
-def check_warmup_cosine(warmup_steps: int, decay: str, min_lr_ratio: float) -> None:
-    """Raise `UserError` for settings `warmup_cosine` cannot use (also called by the early
-    config check)."""
-    check_arguments(locals(), WARMUP_COSINE_RULES, prefix="model.scheduler.")
-
-
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer,
-    total_steps: float,
-    warmup_steps: int = 0,
-    decay: Literal["none", "cosine"] = "none",
-    min_lr_ratio: float = 0.0,
-) -> LambdaLR:
+class WarmupCosine:
     """Linear warm-up from 0 over `warmup_steps`, then a constant rate (`decay="none"`, DDPM) or
-    a half cosine down to `min_lr_ratio * lr` at step `total_steps` (`decay="cosine"`).
+    a half cosine down to `min_lr_ratio * lr` at the run's last step (`decay="cosine"`)."""
 
-    Stepped once per optimiser step (`interval: step`). `total_steps` may be infinite (no
-    `max_steps`/`max_epochs`) only without decay.
-    """
-    check_warmup_cosine(warmup_steps, decay, min_lr_ratio)
-    if decay == "none":
-        return LambdaLR(optimizer, LRFactor(warmup_steps))
-    if not math.isfinite(total_steps):
-        raise UserError(
-            "model.scheduler.decay=cosine needs a known run length: set trainer.max_steps or "
-            "trainer.max_epochs, or use model.scheduler.decay=none."
+    def __init__(self, warmup_steps: int = 0, decay: str = "none", min_lr_ratio: float = 0.0):
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise UserError(f"warmup_steps={warmup_steps!r} must be a whole number >= 0.")
+        if decay not in ("none", "cosine"):
+            raise UserError(f"decay={decay!r} is unknown: use none or cosine.")
+        ratio = min_lr_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            raise UserError(f"min_lr_ratio={min_lr_ratio!r} must be a number from 0 to 1.")
+        self.warmup_steps, self.decay, self.min_lr_ratio = warmup_steps, decay, min_lr_ratio
+
+    def __call__(self, optimizer: torch.optim.Optimizer, total_steps: float) -> LambdaLR:
+        """The schedule of `optimizer` over a run of `total_steps` optimiser steps (stepped once
+        per optimiser step; infinite, with no `max_steps`/`max_epochs`, only without decay)."""
+        warmup, total = self.warmup_steps, None
+        if self.decay == "cosine" and not math.isfinite(total_steps):
+            raise UserError(
+                "decay=cosine needs a known run length (max_steps or max_epochs of the trainer)."
+            )
+        if self.decay == "cosine" and total_steps <= warmup:
+            # A debug run (debug=fdr, debug=limit) of the default recipe ends inside the
+            # warm-up: nothing to decay; say so rather than refuse the run.
+            log.warning(
+                "decay=cosine: the run has only %d optimiser steps, within warmup_steps=%d, so "
+                "the learning rate only warms up.",
+                total_steps,
+                warmup,
+            )
+        elif self.decay == "cosine":
+            total = int(total_steps)
+        return ReplannedLambdaLR(
+            optimizer,
+            functools.partial(lr_factor, warmup=warmup, total=total, min_ratio=self.min_lr_ratio),
         )
-    if total_steps <= warmup_steps:
-        # A debug run (debug=fdr, debug=limit) of the default recipe: it ends inside the warm-up,
-        # so there is nothing to decay; say so rather than refuse the run.
-        log.warning(
-            "model.scheduler.decay=cosine: the run has only %d optimiser steps, within "
-            "model.scheduler.warmup_steps=%d, so the learning rate only warms up.",
-            total_steps,
-            warmup_steps,
-        )
-        return LambdaLR(optimizer, LRFactor(warmup_steps))
-    return LambdaLR(optimizer, LRFactor(warmup_steps, int(total_steps), min_lr_ratio))

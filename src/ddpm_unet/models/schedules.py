@@ -6,25 +6,23 @@ another schedule (e.g. `beta_start` with `cosine`) is refused, not ignored. Addi
     @register_schedule("my_schedule")
     def my_schedule(num_timesteps: int, k: float = 1.0) -> torch.Tensor: ...
 
-and `model.diffusion.schedule=my_schedule model.diffusion.schedule_kwargs={k: 2.0}` selects it.
+and `GaussianDiffusion(schedule="my_schedule", schedule_kwargs={"k": 2.0})` uses it.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ddpm_unet.utils.errors import UserError
-from ddpm_unet.utils.rules import POSITIVE_INT, Rule
 
 ScheduleFn = Callable[..., torch.Tensor]
 
 SCHEDULES: dict[str, ScheduleFn] = {}
-KWARGS_KEY = "model.diffusion.schedule_kwargs"  # named in messages, as in the config
 
 
 def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
@@ -48,9 +46,8 @@ def linear(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02)
     """Evenly spaced betas from `beta_start` to `beta_end` (DDPM: 1e-4 to 0.02 over T=1000)."""
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise UserError(
-            f"the linear schedule needs 0 < beta_start <= beta_end < 1, got "
-            f"{KWARGS_KEY}.beta_start={beta_start}, {KWARGS_KEY}.beta_end={beta_end}: e.g. "
-            f"DDPM's 1e-4 and 0.02."
+            f"the linear schedule needs 0 < beta_start <= beta_end < 1, got beta_start="
+            f"{beta_start}, beta_end={beta_end}: e.g. DDPM's 1e-4 and 0.02."
         )
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
 
@@ -60,7 +57,7 @@ def cosine(num_timesteps: int, s: float = 0.008) -> torch.Tensor:
     """`alpha_bar(t) = cos^2((t / T + s) / (1 + s) * pi / 2)` (Nichol & Dhariwal 2021); the offset
     `s` keeps the first betas from being vanishingly small."""
     if not s > 0:
-        raise UserError(f"{KWARGS_KEY}.s={s} must be > 0 (Nichol & Dhariwal use 0.008).")
+        raise UserError(f"s={s} must be > 0 (Nichol & Dhariwal use 0.008).")
     steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     return _betas_from_alpha_bar(alpha_bar)
@@ -75,11 +72,11 @@ def sigmoid(
     than cosine for images larger than 64 px, according to that paper."""
     if not start < end:
         raise UserError(
-            f"the sigmoid schedule needs start < end, got {KWARGS_KEY}.start={start}, "
-            f"{KWARGS_KEY}.end={end}: e.g. start=-3, end=3."
+            f"the sigmoid schedule needs start < end, got start={start}, end={end}: e.g. "
+            "start=-3, end=3."
         )
     if not tau > 0:
-        raise UserError(f"{KWARGS_KEY}.tau={tau} must be > 0, e.g. 1.0.")
+        raise UserError(f"tau={tau} must be > 0, e.g. 1.0.")
     t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     v_start = torch.tensor(start / tau, dtype=torch.float64).sigmoid()
     v_end = torch.tensor(end / tau, dtype=torch.float64).sigmoid()
@@ -92,29 +89,15 @@ def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
     """`betas [num_timesteps]` (float64) of the registered schedule `name`; `UserError` for an
     unknown name, a `num_timesteps` below 1, or a keyword argument the schedule does not take."""
     if name not in SCHEDULES:
-        raise UserError(
-            f"model.diffusion.schedule={name!r} is unknown: use one of "
-            f"{', '.join(sorted(SCHEDULES))}."
-        )
-    Rule("num_timesteps", POSITIVE_INT, "1000").check(num_timesteps, prefix="model.diffusion.")
+        raise UserError(f"schedule={name!r} is unknown: use one of {', '.join(sorted(SCHEDULES))}.")
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
+        raise UserError(f"num_timesteps={num_timesteps!r} must be a whole number >= 1, e.g. 1000.")
     takes = list(inspect.signature(SCHEDULES[name]).parameters)[1:]  # after num_timesteps
     for key in kwargs:
         if key not in takes:
             uses = ", ".join(takes) if takes else "no arguments"
             raise UserError(
-                f"{KWARGS_KEY}.{key} is given, but the {name} schedule does not use {key} (it "
+                f"schedule_kwargs has {key}, but the {name} schedule does not use {key} (it "
                 f"takes {uses}): remove it, or choose a schedule that uses it."
             )
     return SCHEDULES[name](num_timesteps, **kwargs).to(torch.float64)
-
-
-def as_kwargs(schedule_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`schedule_kwargs` from a config (None, a dict or an OmegaConf mapping) as a plain dict."""
-    if schedule_kwargs is None:
-        return {}
-    if not isinstance(schedule_kwargs, Mapping):
-        raise UserError(
-            f"{KWARGS_KEY}={schedule_kwargs!r} must be a mapping of the schedule's arguments, "
-            f"e.g. {KWARGS_KEY}={{s: 0.008}} for cosine, or {{}} for its defaults."
-        )
-    return {str(k): v for k, v in schedule_kwargs.items()}

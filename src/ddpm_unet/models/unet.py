@@ -8,7 +8,7 @@ are written `[batch, channels, height, width]` throughout.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -16,89 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_unet.utils.errors import UserError
-from ddpm_unet.utils.rules import DECAY, POSITIVE_INT, Rule, check_arguments, shown
 
 AttentionBackend = Literal["sdpa", "einsum"]
-
-UNET_RULES: tuple[Rule, ...] = (  # single-valued arguments, also run by the early config check
-    Rule("image_channels", POSITIVE_INT, "3"),
-    Rule("n_channels", POSITIVE_INT, "64"),
-    Rule("n_blocks", POSITIVE_INT, "2"),
-    Rule("n_groups", POSITIVE_INT, "8"),
-    Rule("n_heads", POSITIVE_INT, "1"),
-    Rule("dropout", DECAY, "0.1"),
-)
-
-
-def _check_groups(name: str, channels: int, n_groups: int) -> None:
-    """Raise a `UserError` naming `name` when GroupNorm cannot split `channels` into groups."""
-    if n_groups < 1 or channels % n_groups != 0:
-        raise UserError(
-            f"{name}={channels} is not divisible by n_groups={n_groups}: GroupNorm needs every "
-            f"group to hold the same number of channels. Choose n_groups dividing {channels} "
-            f"or a channel count that is a multiple of {n_groups}."
-        )
-
-
-def check_image_size(
-    image_size: int | tuple[int, int],
-    ch_mults: Sequence[int],
-    size_key: str = "image_size",
-    mults_key: str = "ch_mults",
-) -> None:
-    """Raise `UserError` unless `image_size` (a side, or `(height, width)`) halves
-    `len(ch_mults) - 1` times without remainder. The one statement of this rule (the early config
-    check passes its config keys as `size_key`/`mults_key`)."""
-    factor = 2 ** (len(ch_mults) - 1)
-    sides = image_size if isinstance(image_size, tuple) else (image_size,)
-    if any(side < 1 or side % factor for side in sides):
-        what = "is not a positive multiple of" if min(sides) < 1 else "is not divisible by"
-        raise UserError(
-            f"{size_key}={'x'.join(map(str, sides))} {what} {factor} = 2 ** (len(ch_mults) - 1) "
-            f"for {mults_key}={list(ch_mults)}: use a positive multiple of {factor} (resize the "
-            f"images), or fewer levels in {mults_key}."
-        )
-
-
-def check_unet_layout(ch_mults: Any, is_attn: Any, prefix: str = "") -> None:
-    """Raise `UserError` unless `ch_mults` and `is_attn` describe the levels: a non-empty list of
-    positive whole multipliers and one true/false attention flag per level."""
-    m, a = f"{prefix}ch_mults", f"{prefix}is_attn"
-    for key, value, example in ((m, ch_mults, "[1,2,2]"), (a, is_attn, "[false,true,false]")):
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise UserError(
-                f"{key}={shown(value)} is not a list: give one entry per resolution, e.g. "
-                f"{key}={example}."
-            )
-    mults, flags = list(ch_mults), list(is_attn)
-    if not mults:
-        raise UserError(
-            f"{m}={shown(ch_mults)} is empty: give one channel multiplier per resolution, e.g. "
-            f"{m}=[1,2,2]."
-        )
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in mults):
-        raise UserError(
-            f"{m}={mults} must hold positive whole numbers, one per resolution, e.g. {m}=[1,2,2]."
-        )
-    no_attention = f"{a}=[{','.join(['false'] * len(mults))}]"
-    if not all(isinstance(flag, bool) for flag in flags):
-        raise UserError(
-            f"{a}={flags} must hold only true/false, one per resolution, e.g. {no_attention}."
-        )
-    if len(flags) != len(mults):
-        raise UserError(
-            f"{a}={flags} has {len(flags)} entries but {m}={mults} has {len(mults)}: give one "
-            f"attention flag per resolution, e.g. {no_attention}."
-        )
-
-
-def check_unet_arguments(arguments: Mapping[str, Any], prefix: str = "") -> None:
-    """`UNET_RULES` and `check_unet_layout` on the `UNet` keyword arguments in `arguments` (e.g.
-    the `model.net` config; absent ones keep their defaults). Raises `UserError` naming
-    `prefix + argument`."""
-    check_arguments(arguments, [r for r in UNET_RULES if r.key in arguments], prefix)
-    if "ch_mults" in arguments and "is_attn" in arguments:
-        check_unet_layout(arguments["ch_mults"], arguments["is_attn"], prefix)
 
 
 class TimeEmbedding(nn.Module):
@@ -110,12 +29,7 @@ class TimeEmbedding(nn.Module):
 
     def __init__(self, n_channels: int) -> None:
         super().__init__()
-        if n_channels % 8 != 0 or n_channels < 16:
-            raise UserError(
-                f"TimeEmbedding n_channels={n_channels} must be a multiple of 8 and at least 16 "
-                "(it makes n_channels // 8 sine and as many cosine features)."
-            )
-        self.n_channels = n_channels
+        self.n_channels = n_channels  # a multiple of 8, >= 16: n_channels // 8 sines and cosines
         self.lin1 = nn.Linear(n_channels // 4, n_channels)
         self.act = nn.SiLU()  # Swish
         self.lin2 = nn.Linear(n_channels, n_channels)
@@ -151,8 +65,6 @@ class ResidualBlock(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        _check_groups("in_channels", in_channels, n_groups)
-        _check_groups("out_channels", out_channels, n_groups)
         self.norm1 = nn.GroupNorm(n_groups, in_channels)
         self.act1 = nn.SiLU()
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
@@ -207,18 +119,7 @@ class AttentionBlock(nn.Module):
         backend: AttentionBackend = "sdpa",
     ) -> None:
         super().__init__()
-        if n_heads < 1:
-            raise UserError(f"n_heads={n_heads} must be at least 1.")
-        if d_k is None:
-            if n_channels % n_heads != 0:
-                raise UserError(
-                    f"n_channels={n_channels} is not divisible by n_heads={n_heads}; choose "
-                    "n_heads dividing the channel count of every attention level, or give d_k."
-                )
-            d_k = n_channels // n_heads
-        if backend not in ("sdpa", "einsum"):
-            raise UserError(f"backend={backend!r} must be 'sdpa' or 'einsum'.")
-        _check_groups("n_channels", n_channels, n_groups)
+        d_k = n_channels // n_heads if d_k is None else d_k
         self.norm = nn.GroupNorm(n_groups, n_channels)
         self.projection = nn.Linear(n_channels, n_heads * d_k * 3)
         self.output = nn.Linear(n_heads * d_k, n_channels)
@@ -341,10 +242,11 @@ class Upsample(_Resample):
 
 
 class UNet(nn.Module):
-    """The DDPM noise-prediction U-Net: `eps = unet(x_t, t)`.
+    """The DDPM noise-prediction U-Net: `eps = unet(x_t, t)`, or `unet(x_t, t, y)` with classes.
 
     * `image_channels`: channels of the image (3 for RGB, 1 for grayscale)
-    * `n_channels`: channels of the first feature map (the image is projected to it by a 3x3 conv)
+    * `n_channels`: channels of the first feature map (the image is projected to it by a 3x3 conv);
+      a multiple of 8 (the final GroupNorm has 8 groups)
     * `ch_mults`: level `i` has `n_channels * ch_mults[i]` channels; there are `len(ch_mults)`
       resolutions, each half the previous one
     * `is_attn`: whether the blocks of level `i` have self-attention
@@ -355,9 +257,14 @@ class UNet(nn.Module):
     * `n_heads`: attention heads
     * `attn_backend`: `"sdpa"` (fused `F.scaled_dot_product_attention`, the default) or
       `"einsum"` (the spec's two einsums; for reference and benchmarks)
+    * `image_size`: if given, checked here to halve through the levels (`check_image_size`)
+    * `num_classes`: None for an unconditional net; else a class embedding
+      (`num_classes + 1` rows, the last one the "no class" token) is added to the time
+      embedding, as in guided-diffusion and diffusers' `UNet2DModel(num_class_embeds=...)`
 
     * in: `x` `[batch, image_channels, height, width]` with `height` and `width` divisible by
-      `2 ** (len(ch_mults) - 1)`; `t` `[batch]`
+      `2 ** (len(ch_mults) - 1)`; `t` `[batch]` (integer or fractional steps); `y` `[batch]`
+      int64 class ids in `[0, num_classes]` (`num_classes`: no class), or None: all no class
     * out: `[batch, image_channels, height, width]`
     """
 
@@ -372,20 +279,15 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         n_heads: int = 1,
         attn_backend: AttentionBackend = "sdpa",
+        image_size: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        # Every argument, checked as the early config check checks `model.net` (self is ignored).
-        check_unet_arguments(locals())
         super().__init__()
-        _check_groups("n_channels", n_channels, n_groups)
-        for mult in ch_mults:
-            _check_groups(f"n_channels * {mult}", n_channels * mult, n_groups)
-        if n_channels % 8 != 0:
-            raise UserError(
-                f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 "
-                "groups."
-            )
+        self.ch_mults = _check_arguments(**locals())
+        if image_size is not None:
+            self.check_image_size(image_size)
         self.image_channels = image_channels
-        self.ch_mults = tuple(ch_mults)
+        self.num_classes = num_classes
         time_channels = n_channels * 4
         options = dict(
             n_groups=n_groups, dropout=dropout, n_heads=n_heads, attn_backend=attn_backend
@@ -393,6 +295,10 @@ class UNet(nn.Module):
 
         self.image_proj = nn.Conv2d(image_channels, n_channels, kernel_size=3, padding=1)
         self.time_emb = TimeEmbedding(time_channels)
+        # A plain attribute when unconditional: the state_dict keeps its pre-class keys.
+        self.class_emb: nn.Embedding | None = (
+            None if num_classes is None else nn.Embedding(num_classes + 1, time_channels)
+        )
 
         # First half: channels grow level by level, resolution halves between levels. `skips`
         # holds the channel counts of the maps `forward` pushes on its skip stack.
@@ -427,13 +333,32 @@ class UNet(nn.Module):
         self.act = nn.SiLU()
         self.final = nn.Conv2d(n_channels, image_channels, kernel_size=3, padding=1)
 
-    def check_image_size(self, image_size: int, size_key: str = "image_size") -> None:
-        """Raise `UserError` unless square images of `image_size` fit this U-Net's levels."""
-        check_image_size(image_size, self.ch_mults, size_key)
+    def check_image_size(self, image_size: int) -> None:
+        """Raise `UserError` unless square images of side `image_size` halve without remainder
+        through this U-Net's levels (else the skips and the up path differ in size)."""
+        factor = 2 ** (len(self.ch_mults) - 1)
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, int)
+            or image_size < 1
+            or (image_size % factor)
+        ):
+            raise UserError(
+                f"image_size={image_size!r} does not halve through the {len(self.ch_mults)} "
+                f"levels of ch_mults={list(self.ch_mults)}: use a positive multiple of {factor} "
+                "(resize the images), or fewer levels."
+            )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        check_image_size(tuple(x.shape[-2:]), self.ch_mults)  # else a size mismatch in torch.cat
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t = self.time_emb(t)  # [b] -> [b, 4 * n_channels]
+        if self.class_emb is not None:
+            if y is None:  # all "no class": the unconditional model
+                y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            t = t + self.class_emb(y)  # [b, 4 * n_channels]
+        elif y is not None:
+            raise ValueError("y was given, but this UNet is unconditional (num_classes=None).")
         x = self.image_proj(x)  # [b, image_channels, h, w] -> [b, n_channels, h, w]
         skips = [x]
         for module in self.down:
@@ -446,3 +371,65 @@ class UNet(nn.Module):
             else:
                 x = module(torch.cat((x, skips.pop()), dim=1), t)
         return self.final(self.act(self.norm(x)))
+
+
+def _check_arguments(
+    image_channels: Any,
+    n_channels: Any,
+    ch_mults: Any,
+    is_attn: Any,
+    n_blocks: Any,
+    n_groups: Any,
+    dropout: Any,
+    n_heads: Any,
+    attn_backend: Any,
+    num_classes: Any,
+    **_: Any,
+) -> tuple[int, ...]:
+    """`UNet`'s checks of its arguments, each once (GroupNorm's divisibility here only);
+    returns `ch_mults` as a tuple."""
+    whole = dict(
+        image_channels=image_channels, n_channels=n_channels, n_blocks=n_blocks,
+        n_groups=n_groups, n_heads=n_heads,
+    )  # fmt: skip
+    if num_classes is not None:
+        whole["num_classes"] = num_classes
+    for name, value in whole.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name}={value!r} must be a whole number >= 1.")
+    if isinstance(ch_mults, str) or not isinstance(ch_mults, Sequence) or not ch_mults:
+        raise UserError(
+            f"ch_mults={ch_mults!r} must be a non-empty list, one channel multiplier per "
+            "resolution, e.g. [1, 2, 2]."
+        )
+    mults = tuple(ch_mults)
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults):
+        raise UserError(f"ch_mults={list(mults)} must hold whole numbers >= 1, e.g. [1, 2, 2].")
+    flags = list(is_attn) if isinstance(is_attn, Sequence) and not isinstance(is_attn, str) else []
+    if len(flags) != len(mults) or not all(isinstance(f, bool) for f in flags):
+        raise UserError(
+            f"is_attn={flags or is_attn!r} must hold one true/false per entry of ch_mults="
+            f"{list(mults)}, "
+            f"e.g. {[False] * len(mults)}."
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise UserError(f"dropout={dropout!r} must be a number from 0 up to (not including) 1.")
+    if attn_backend not in ("sdpa", "einsum"):
+        raise UserError(f"attn_backend={attn_backend!r} must be 'sdpa' or 'einsum'.")
+    if n_channels % 8:
+        raise UserError(
+            f"n_channels={n_channels} must be a multiple of 8: the final GroupNorm has 8 groups."
+        )
+    # Every map has n_channels times a whole number of channels: this is GroupNorm's one check.
+    if n_channels % n_groups:
+        raise UserError(
+            f"n_channels={n_channels} is not divisible by n_groups={n_groups}: GroupNorm needs "
+            "every group to hold the same number of channels; choose n_groups dividing it."
+        )
+    for i, channels in enumerate(n_channels * m for m in mults):
+        if (flags[i] or i == len(mults) - 1) and channels % n_heads:
+            raise UserError(
+                f"n_heads={n_heads} does not divide the {channels} channels of attention level "
+                f"{i} (n_channels * ch_mults[{i}]): choose n_heads dividing them."
+            )
+    return mults

@@ -1,32 +1,45 @@
-"""Reading torch.save files from users (checkpoints, Inception weights) as data, never code.
+"""Checkpoints, in one place: reading them as data, writing them atomically, and the callbacks
+that keep the newest finite state on disk (`last.ckpt` when training ends, `interrupted.ckpt` on a
+signal, never a file of NaN weights).
 
-`read_torch_file` is the one reader: `torch.load(weights_only=True)`, which refuses any pickled
-object but tensors and plain containers, and every way a file can fail (missing bytes, text,
-a plain pickle, a damaged archive, a refused object) becomes one `UserError` of the caller's type
-naming the file, what it is instead and the fix; torch's advice to reload with
-`weights_only=False` never reaches the user. A checkpoint must then be one of this project's
-train.py (`read_lit_checkpoint`), whose model config names only trusted `_target_`s and whose
-weights fit (`model_from_checkpoint`, `check_resume_checkpoint`).
+Reading: `read_torch_file` is the one reader: `torch.load(weights_only=True)`, which refuses any
+pickled object but tensors and plain containers; every way a file can fail (missing bytes, text,
+a plain pickle, a damaged archive, a refused object) becomes one `UserError` naming the file, what
+it is instead and the fix, decided from the file's structure (never from torch's message texts);
+torch's advice to reload with `weights_only=False` never reaches the user. A checkpoint must then
+be one of this project's train.py (`read_lit_checkpoint`), whose model config names only trusted
+`_target_`s and whose weights fit (`model_from_checkpoint`, `check_resume_checkpoint`).
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
 import pickle
-import re
+import pickletools
+import signal
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.files import atomic_write
+from ddpm_unet.utils.interrupts import Interrupted, raise_if_interrupted
 
 if TYPE_CHECKING:
     from ddpm_unet.models.lit_diffusion import LitDiffusion
 
+log = logging.getLogger(__name__)
 WHERE_CHECKPOINTS_ARE = (
     "train.py writes them to logs/train/runs/<run>/checkpoints/ (last.ckpt, epoch_*.ckpt, "
     "best_fid_*.ckpt)"
@@ -37,7 +50,8 @@ RESUME_KEYS = ("optimizer_states", "lr_schedulers", "loops", "epoch", "global_st
 TRUSTED_TARGETS_ENV = "DDPM_UNET_TRUSTED_TARGETS"  # more module prefixes a checkpoint may name
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]  # before 1.6
-_REFUSAL = re.compile(r"GLOBAL|Unsupported|blocked|not an allowed")  # weights_only's refusals
+# what a pickle of tensors and plain containers imports (named in no refusal message)
+TENSOR_GLOBALS = ("torch.", "collections.", "builtins.", "_codecs.")
 _MAX_LISTED = 4  # keys named per kind of mismatch; the message says how many there are
 
 
@@ -83,28 +97,65 @@ def read_torch_file(
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on refused files
             return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as err:  # noqa: BLE001 - a malformed file can raise anything
-        text = str(err)
-        if isinstance(err, pickle.UnpicklingError) and _REFUSAL.search(text):
-            refused = re.search(r"GLOBAL ([\w.]+)", text)
+        imported = (
+            _pickle_globals(file, is_zip) if isinstance(err, pickle.UnpicklingError) else None
+        )
+        if imported is not None:  # a whole pickle, refused: it imports more than tensors
+            odd = [name for name in imported if not name.startswith(TENSOR_GLOBALS)]
             raise fail(
-                f"was refused: it holds Python objects{f' (e.g. {refused[1]})' if refused else ''} "
-                f"that {what} never contains, and that could run code when unpickled; it was read "
-                "as data only and nothing in it was run"
+                f"was refused: it holds Python objects{f' (e.g. {odd[0]})' if odd else ''} that "
+                f"{what} never contains, and that could run code when unpickled; it was read as "
+                "data only and nothing in it was run"
             ) from None
         if not is_zip:
             damage = "a damaged or truncated file of torch.save's older format"
         elif isinstance(err, pickle.UnpicklingError):
             damage = "a damaged archive (its pickle is unreadable)"
-        elif isinstance(err, EOFError | zipfile.BadZipFile) or not zipfile.is_zipfile(file):
+        elif not zipfile.is_zipfile(file):
             damage = (
                 f"a damaged or truncated archive ({file.stat().st_size} bytes; an interrupted "
                 "save or copy leaves such files)"
             )
-        elif "not in a subdirectory" in text or "data.pkl" in text or "file not found" in text:
+        elif _data_pickle_name(file) is None:
             damage = "a zip archive, but not one written by torch.save"
         else:
             damage = f"an archive torch cannot read ({type(err).__name__})"
         raise fail(f"is not {what}: it is {damage}") from None
+
+
+def _data_pickle_name(file: Path) -> str | None:
+    """The `<name>/data.pkl` entry torch.save writes into its zip archive, if there is one."""
+    with zipfile.ZipFile(file) as archive:
+        return next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+
+
+def _pickle_globals(file: Path, is_zip: bool) -> list[str] | None:
+    """The `module.name`s the main pickle of a torch.save file imports, in order; None when the
+    pickle does not parse (a damaged file). Read with `pickletools`, which runs nothing."""
+    try:
+        if is_zip:
+            name = _data_pickle_name(file)
+            if name is None:
+                return None
+            with zipfile.ZipFile(file) as archive:
+                stream: Any = io.BytesIO(archive.read(name))
+        else:  # the older format: magic number, protocol and system-info pickles, then the data
+            stream = io.BytesIO(file.read_bytes())
+            for _ in range(3):
+                for _ in pickletools.genops(stream):
+                    pass
+        names: list[str] = []
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]))
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return names
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile):
+        return None
 
 
 def _describe_bytes(head: bytes) -> str:
@@ -365,3 +416,162 @@ def some_names(names: list[str]) -> str:
     """The first few of `names`, quoted, with an ellipsis when there are more."""
     shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
     return shown + (", ..." if len(names) > _MAX_LISTED else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# writing: atomic files, and the callbacks that decide what is on disk
+# ------------------------------------------------------------------------------------------------
+
+_NOT_WRITABLE = "the folder is not writable: fix its permissions or use another paths.log_dir"
+_NOT_A_FOLDER = "a parent of it is a file, not a folder: point paths.log_dir at a folder"
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free space there or point paths.log_dir at another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free space or point paths.log_dir elsewhere",
+    errno.EACCES: _NOT_WRITABLE,
+    errno.EPERM: _NOT_WRITABLE,
+    errno.EROFS: "the filesystem is read-only: point paths.log_dir at a writable folder",
+    errno.ENOTDIR: _NOT_A_FOLDER,
+    errno.EEXIST: _NOT_A_FOLDER,
+}
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written (disk full, unwritable folder); names the file and the
+    fix. A `UserError`: the user fixes it (space, permissions, `paths.log_dir`), not the code."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` whose local saves go through `atomic_write` (configs/trainer/default.yaml
+    `plugins`); remote URLs (`s3://`, ...) are left to Lightning's fsspec saving.
+
+    Lightning stages the file in `$TMPDIR` and copies it over: not atomic when `$TMPDIR` is another
+    filesystem than the run folder (tmpfs `/tmp`, logs on NFS), so a kill during the copy left a
+    truncated `last.ckpt`. Here the temp file is written beside the target.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"storage_options are not supported for local saves ({path}).")
+        try:
+            atomic_write(path, lambda fh: torch.save(checkpoint, fh))
+        except OSError as err:
+            hint = _HINTS.get(err.errno or 0, "check that the folder exists and is writable")
+            raise CheckpointSaveError(
+                f"could not save the checkpoint {path}: {err.strerror or err} ({hint}). "
+                f"Nothing partial was left; earlier checkpoints in {Path(path).parent} are intact."
+            ) from err
+
+
+class LastStateCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose `last.ckpt` is also written when training ends, and that refuses to
+    save non-finite weights.
+
+    Lightning's `save_last=True` rewrites `last.ckpt` only when a top-k checkpoint is saved (and at
+    the end only if none ever was), so after a final validation that did not improve the monitored
+    metric `last.ckpt` held an older step than the run ended at.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self.dirpath and not trainer.fast_dev_run:
+            self.last_model_path = os.path.join(
+                self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION
+            )
+            trainer.save_checkpoint(self.last_model_path)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Called for every checkpoint before it is written: NaN/inf weights stop the run there
+        (before Lightning's best-k bookkeeping deletes a good file for one never written)."""
+        from ddpm_unet.callbacks.divergence import TrainingDivergedError  # callbacks import us
+
+        tensors = [*pl_module.named_parameters(), *pl_module.named_buffers()]
+        bad = [n for n, t in tensors if t.is_floating_point() and not bool(t.isfinite().all())]
+        if bad:
+            raise TrainingDivergedError(
+                f"{len(bad)} weights hold NaN/inf at step {trainer.global_step} (e.g. {bad[0]}): "
+                "training diverged, and no checkpoint of them was saved; the checkpoints on disk "
+                "hold the last finite state. Try a lower learning rate (model.optimizer.lr) or "
+                "gradient clipping (trainer.gradient_clip_val=1.0)."
+            )
+
+
+class InterruptCheckpoint(Checkpoint):
+    """Ends training at the first safe point after SIGTERM/SIGINT (`ddpm_unet.utils.interrupts`)
+    and writes `<dirpath>/<filename>.ckpt` then, or after a crash once training made progress;
+    removed after a run that completes.
+
+    Checked when sanity checks or training start (a signal during set-up), before every training
+    batch and when training ends; Lightning's own SIGTERM flag stops validation. Nothing is written
+    for a user error (bad input, a diverged run, a full disk) or an error before any training step
+    of this process (the file would hold an untrained model). Not Lightning's
+    `OnExceptionCheckpoint`, whose presence makes `trainer.fit(ckpt_path=None)` resume from the
+    newest checkpoint in the folder (with a warning) instead of starting the run afresh.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+        super().__init__()
+        if not filename:
+            raise ValueError("filename='' : give a file name, e.g. filename='interrupted'.")
+        self.ckpt_path = os.path.join(dirpath, filename + ".ckpt")
+        self.saved_path: str | None = None
+        self._start_step = 0
+
+    @staticmethod
+    def _stop_if_interrupted(trainer: L.Trainer) -> None:
+        """Raise `Interrupted` on every rank when a signal reached any (one all-reduce)."""
+        try:
+            raise_if_interrupted()
+            signum = None
+        except Interrupted as stop:
+            signum = stop.signum
+        if trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
+            raise Interrupted(signum or signal.SIGTERM)  # what Lightning's launcher sends ranks
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step  # after a resumed checkpoint is restored
+        self._stop_if_interrupted(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step
+        self._stop_if_interrupted(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        # Not at a batch's end: the step's lr-schedule update and progress counters come after
+        # `on_train_batch_end`, and a checkpoint saved there resumes one schedule step behind.
+        self._stop_if_interrupted(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_interrupted(trainer)  # after the final sample grid and last.ckpt
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        interrupted = isinstance(exception, Interrupted | SIGTERMException)
+        if interrupted or not (
+            isinstance(exception, UserError | KeyboardInterrupt)  # KeyboardInterrupt: 2nd Ctrl-C
+            or trainer.global_step <= self._start_step
+        ):
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> str | None:
+        """Write the checkpoint now; its path, or None if it could not be written."""
+        try:
+            trainer.save_checkpoint(self.ckpt_path)
+        except Exception as err:  # never hide the error that stopped the run
+            log.error("Could not write %s: %s", self.ckpt_path, err)
+            return None
+        self.saved_path = self.ckpt_path
+        log.info("Saved %s at step %d.", self.ckpt_path, trainer.global_step)
+        return self.ckpt_path
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # After a fit that completed: a stale interrupted.ckpt (e.g. the one this run resumed
+        # from) would suggest the run still needs resuming.
+        if self.saved_path is None and trainer.is_global_zero and os.path.isfile(self.ckpt_path):
+            os.remove(self.ckpt_path)

@@ -1,115 +1,170 @@
-"""Checks of a composed run config: bad values and wrong combinations fail before any work.
+"""The one boundary between config keys and objects: the only code that knows where a value sits.
 
-`check_train_config`, `check_sample_config` and `check_eval_config` raise `ConfigError` (a
-`UserError`). They run the checks of our objects on their configs (`Rule` tables such as
-`DATA_RULES`, functions such as `check_image_size`); the tables here hold only the keys no object
-of ours checks. `check_device`/`check_accelerator` judge what only the machine can.
+Objects check their own arguments under their own names (`n_groups=7 does not divide ...`).
+`build(cfg, key)` builds config group `key` with Hydra and reports such an error as
+`ConfigError("<key>: <message>")`, naming the innermost group that failed (Hydra's `full_key`,
+e.g. `model.net`); Lightning's `Trainer` errors come out under `trainer`. The values no object
+checks (the seed, the trainer's counters that Lightning takes unchecked, the optimiser's numbers
+that torch checks only once training starts, and the settings of sample.py/eval.py) are declared
+once, below, as key -> kind. Everything is built before anything is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import lightning as L
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from ddpm_unet.data.datamodule import DATA_RULES, per_device_batch_size
-from ddpm_unet.models.diffusion import GaussianDiffusion
-from ddpm_unet.models.lit_diffusion import LIT_RULES
-from ddpm_unet.models.lr_schedules import check_warmup_cosine
-from ddpm_unet.models.unet import check_image_size, check_unet_arguments
-from ddpm_unet.utils.errors import UserError
-from ddpm_unet.utils.rules import (
-    AT_LEAST_TWO,
-    LIMIT,
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    SEED,
-    Choice,
-    ConfigError,
-    Rule,
-    check_values,
-    shown,
-)
+from ddpm_unet.utils.errors import ConfigError
+
+__all__ = ["ConfigError", "build", "check_train_config", "check_sample_config", "run_config_of"]
 
 
-@contextmanager
-def _as_config_error() -> Iterator[None]:
-    """An object's own check, run on the config: its `UserError` becomes a `ConfigError`."""
-    try:
-        yield
-    except UserError as err:
-        raise ConfigError(str(err)) from None
+def shown(value: Any) -> str:
+    """A value as the user types it: strings quoted, None as null, booleans as true/false."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
-# Values set for every command that samples (sample.py, eval.py); the sampler's own settings are
-# checked by its constructor (`check_sampler`).
-SAMPLING_RULES: tuple[Rule | Choice, ...] = (
-    Rule("batch_size", POSITIVE_INT, "256", null_means="all images at once"),
-    Rule("seed", SEED, "0", null_means="a random seed"),
-)
+class Number(NamedTuple):
+    """A config value that is a number (`whole`: an integer) for which `ok` holds; `words` says
+    so to the user. `null`: what null means where it is allowed (None: null is an error)."""
 
-SAMPLE_RULES: tuple[Rule | Choice, ...] = (
-    Rule("num_samples", POSITIVE_INT, "64"),
-    *SAMPLING_RULES,
-    Rule("nrow", POSITIVE_INT, "8", null_means="about sqrt(num_samples)"),
-    Rule("upscale", POSITIVE_INT, "4", null_means="tiny images to >= 32 px"),
-)
+    words: str
+    ok: Callable[[float], bool]
+    whole: bool = True
+    null: str | None = None
 
-EVAL_RULES: tuple[Rule | Choice, ...] = (
-    Rule("num_samples", AT_LEAST_TWO, "10000"),
-    *SAMPLING_RULES,
-    Rule("kid_subsets", POSITIVE_INT, "100"),
-    Rule("kid_subset_size", POSITIVE_INT, "1000"),
-    Rule("isc_splits", POSITIVE_INT, "10"),
-    Rule("fidelity_batch_size", POSITIVE_INT, "64"),
-    Choice("reference_split", ("train", "val")),
-    Rule("num_reference", POSITIVE_INT, "10000", null_means="the whole split"),
-    Rule("reference_seed", SEED, "0"),
-)
+    def or_null(self, meaning: str) -> Number:
+        return self._replace(null=meaning)
 
-TRAIN_RULES: tuple[Rule | Choice, ...] = (
-    Rule("seed", SEED, "42", null_means="a random seed"),
-    Rule("model.optimizer.lr", POSITIVE, "2e-4"),
-    Rule("model.optimizer.weight_decay", NON_NEGATIVE, "0.0"),
-    Rule("model.optimizer.eps", POSITIVE, "1e-8"),
-    Rule("trainer.max_epochs", LIMIT, "100", null_means="Lightning's default"),
-    Rule("trainer.min_epochs", NON_NEGATIVE_INT, "1", null_means="no minimum"),
-    Rule("trainer.max_steps", LIMIT, "100000"),
-    Rule("trainer.min_steps", NON_NEGATIVE_INT, "1000", null_means="no minimum"),
-    Rule(
-        "trainer.check_val_every_n_epoch",
-        POSITIVE_INT,
-        "1",
-        null_means="validating every trainer.val_check_interval steps",
-    ),
-    Rule("trainer.log_every_n_steps", POSITIVE_INT, "10"),
-    Rule("trainer.accumulate_grad_batches", POSITIVE_INT, "1"),
-    Rule("trainer.gradient_clip_val", NON_NEGATIVE, "1.0", null_means="no clipping"),
-    Rule("trainer.num_nodes", POSITIVE_INT, "1"),
-)
+    def check(self, key: str, value: Any) -> None:
+        if value is None and self.null:
+            return
+        # bool is an int in Python, but `seed=true` is a mistake, not the number 1
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is None:
+            problem = "is not allowed"
+        elif not number or (self.whole and not isinstance(value, int)):
+            problem = "is not an integer" if self.whole else "is not a number"
+        elif math.isnan(value) or not self.ok(value):
+            problem = "is out of range"
+        else:
+            return
+        also = f", or null for {self.null}" if self.null else ""
+        raise ConfigError(f"{key}={shown(value)} {problem}: give {self.words}{also}.")
 
 
-_REQUIRED_EXAMPLES = {  # good values to suggest for required (`???`) keys
-    "data.root": "/path/to/images",
-    "ckpt_path": "logs/train/runs/<timestamp>/checkpoints/last.ckpt",
+POSITIVE_INT = Number("a positive whole number", lambda v: v >= 1)
+NON_NEGATIVE_INT = Number("a whole number >= 0", lambda v: v >= 0)
+LIMIT = Number("a positive whole number, or -1 for no limit", lambda v: v == -1 or v >= 1)
+SEED = Number("a whole number from 0 to 4294967295", lambda v: 0 <= v < 2**32)  # numpy's range
+POSITIVE = Number("a number > 0", lambda v: v > 0, whole=False)
+NON_NEGATIVE = Number("a number >= 0", lambda v: v >= 0, whole=False)
+Kind = Number | tuple[str, ...]  # a number, or one of these words
+
+TRAIN: dict[str, Kind] = {
+    "seed": SEED.or_null("a random seed"),
+    "model.optimizer.lr": POSITIVE,
+    "model.optimizer.weight_decay": NON_NEGATIVE,
+    "model.optimizer.eps": POSITIVE,
+    "trainer.max_epochs": LIMIT.or_null("Lightning's default"),
+    "trainer.min_epochs": NON_NEGATIVE_INT.or_null("no minimum"),
+    "trainer.max_steps": LIMIT,
+    "trainer.min_steps": NON_NEGATIVE_INT.or_null("no minimum"),
+    "trainer.check_val_every_n_epoch": POSITIVE_INT.or_null("trainer.val_check_interval"),
+    "trainer.log_every_n_steps": POSITIVE_INT,
+    "trainer.accumulate_grad_batches": POSITIVE_INT,
+    "trainer.gradient_clip_val": NON_NEGATIVE.or_null("no clipping"),
 }
+SAMPLING: dict[str, Kind] = {  # every command that samples
+    "batch_size": POSITIVE_INT.or_null("all images at once"),
+    "model_batch": POSITIVE_INT,
+    "seed": SEED.or_null("a random seed"),
+}
+SAMPLE: dict[str, Kind] = {
+    **SAMPLING,
+    "num_samples": POSITIVE_INT,
+    "nrow": POSITIVE_INT.or_null("about sqrt(num_samples)"),
+    "upscale": POSITIVE_INT.or_null("tiny images to >= 32 px"),
+}
+EVAL: dict[str, Kind] = {
+    **SAMPLING,
+    "num_samples": Number("a whole number >= 2", lambda v: v >= 2),
+    "kid_subsets": POSITIVE_INT,
+    "kid_subset_size": POSITIVE_INT,
+    "isc_splits": POSITIVE_INT,
+    "fidelity_batch_size": POSITIVE_INT,
+    "reference_split": ("train", "val"),
+    "num_reference": POSITIVE_INT.or_null("the whole split"),
+    "reference_seed": SEED,
+}
+_ABSENT = object()
+
+
+def check_values(cfg: DictConfig, kinds: Mapping[str, Kind]) -> None:
+    """Raise `ConfigError` at the first key of `kinds` whose value in `cfg` is not of its kind
+    (keys absent from `cfg` are not checked)."""
+    for key, kind in kinds.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        if isinstance(kind, Number):
+            kind.check(key, value)
+        elif value not in kind:
+            raise ConfigError(f"{key}={shown(value)} is unknown: use one of {', '.join(kind)}.")
+
+
+def _innermost(err: BaseException, key: str) -> tuple[BaseException, str]:
+    """The error inside Hydra's `InstantiationException` wrapper(s), and the key of the config
+    that raised it (Hydra's `full_key:` line; `key` when it has none)."""
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        found = re.search(r"^full_key: (\S+)$", str(err), re.MULTILINE)
+        key = found.group(1) if found else key
+        err = err.__cause__
+    return err, key
+
+
+def build(node: Any, key: str, **kwargs: Any) -> Any:
+    """The object of config `node` (built by Hydra, with `kwargs`), whose key is `key`. An
+    object's own argument error (`ValueError`, `TypeError`, Lightning's
+    `MisconfigurationException`, or a `_target_` Hydra cannot find) becomes
+    `ConfigError("<key>: <message>")`, under the innermost key that failed (e.g. `model.net`).
+    Bugs raising these types read the same: `DDPM_UNET_TRACEBACK=1` shows the chained original."""
+    try:
+        return instantiate(node, **kwargs, _convert_="object")
+    except (ValueError, TypeError, MisconfigurationException, InstantiationException) as raised:
+        err, where = raised, key
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            found = re.search(r"^full_key: (\S+)$", str(err), re.MULTILINE)
+            where = found.group(1) if found else where
+            err = err.__cause__
+        if not isinstance(
+            err, ValueError | TypeError | MisconfigurationException | InstantiationException
+        ):
+            raise err from err.__cause__  # a bug (RuntimeError, ...): its own traceback
+        message = str(err).split("\nfull_key:")[0].replace("\n", " ")
+        raise ConfigError(f"{where}: {message}") from err
 
 
 def run_config_of(cfg: DictConfig) -> dict[str, Any]:
     """The resolved run config as plain data, without Hydra's own settings (stored in
     checkpoints, so `sample.py`/`eval.py` rebuild data and model from one file).
 
-    Key by key, so that Hydra's section is dropped without being resolved: composed with
-    `return_hydra_config=True` outside a Hydra run, it holds unset values (`hydra.job.num`).
-    Raises `ConfigError` naming a required value (`???`) left unset or a `${...}` that does not
-    resolve: otherwise a missing `data.root` surfaces as a Hydra traceback halfway through
-    building the objects.
+    Key by key, so that Hydra's section is dropped without being resolved. Raises `ConfigError`
+    naming a required value (`???`) left unset or a `${...}` that does not resolve.
     """
     resolved = {}
     for key in (k for k in cfg if k != "hydra"):
@@ -121,7 +176,9 @@ def run_config_of(cfg: DictConfig) -> dict[str, Any]:
         except (MissingMandatoryValue, InterpolationResolutionError) as err:
             full_key = str(getattr(err, "full_key", None) or key)
             if isinstance(err, MissingMandatoryValue):
-                example = _REQUIRED_EXAMPLES.get(full_key, "<value>")
+                example = {"data.root": "/path/to/images"}.get(full_key, "<value>")
+                if full_key == "ckpt_path":
+                    example = "logs/train/runs/<timestamp>/checkpoints/last.ckpt"
                 raise ConfigError(
                     f"{full_key} is required but not set (it is ??? in the config): give it on "
                     f"the command line, e.g. {full_key}={example}."
@@ -157,153 +214,73 @@ def check_device(key: str, device: Any) -> None:
         raise ConfigError(f"{key}={device} but this machine has no Apple-GPU (MPS): {fix}")
 
 
-def check_accelerator(cfg: DictConfig) -> None:
-    """`trainer.accelerator=gpu|cuda|mps` needs that device (Lightning's error is a traceback)."""
-    accelerator = cfg.get("trainer", {}).get("accelerator")
-    fix = "use trainer.accelerator=auto (a GPU when there is one, else the CPU) or trainer=cpu."
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        if torch.backends.mps.is_available() and accelerator == "gpu":
-            return  # Lightning's "gpu" is the Apple GPU on a Mac
+@dataclass
+class TrainObjects:
+    """What `train.py` fits, built from one config."""
+
+    model: L.LightningModule
+    datamodule: L.LightningDataModule
+    callbacks: list[L.Callback]
+    loggers: list[Any]
+    trainer: L.Trainer
+
+
+def check_train_config(cfg: DictConfig) -> TrainObjects:
+    """Check `cfg` and build every object of the run from it, before anything is written;
+    raises `ConfigError` (or `CheckpointError`) naming the key.
+
+    Seeds first (`seed`), so that the network's initial weights follow it."""
+    from ddpm_unet.utils.checkpoint import check_resume_checkpoint
+    from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
+    from ddpm_unet.utils.wandb_setup import configure_wandb
+
+    run_config = run_config_of(cfg)  # every `???` set, every `${...}` resolves
+    check_values(cfg, TRAIN)
+    if cfg.ckpt_path and cfg.init_from:
         raise ConfigError(
-            f"trainer.accelerator={accelerator} but torch finds no CUDA GPU on this machine: {fix}"
+            f"ckpt_path={cfg.ckpt_path} and init_from={cfg.init_from} are both set: ckpt_path "
+            "resumes a run (its optimiser, schedule and step), init_from starts a new run from "
+            "a checkpoint's weights; give one of them."
         )
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.accelerator=mps but this machine has no Apple GPU (MPS): {fix}")
-
-
-def _target_is(node: Any, target: str) -> bool:
-    """`node` is a config built by our `target` (the default when it names no `_target_`)."""
-    return isinstance(node, DictConfig) and node.get("_target_", target) == target
-
-
-def check_model_config(cfg: DictConfig) -> None:
-    """The checks of our own objects on their configs: the data module's and the
-    LightningModule's values, the diffusion process (built), the U-Net's (values, one attention
-    flag per level) and the image size its levels can halve. Another network or data module
-    (`_target_`) checks its own."""
-    with _as_config_error():
-        if _target_is(cfg.get("data"), "ddpm_unet.data.ImageDataModule"):
-            check_values(cfg, DATA_RULES, prefix="data.")
-        if _target_is(cfg.model, "ddpm_unet.models.lit_diffusion.LitDiffusion"):
-            check_values(cfg, LIT_RULES, prefix="model.")
-        diffusion = cfg.model.get("diffusion")
-        if _target_is(diffusion, "ddpm_unet.models.diffusion.GaussianDiffusion"):
-            # Built here (a few tables of T floats): its own checks, and its schedule's, run once.
-            GaussianDiffusion(**{k: v for k, v in diffusion.items() if k != "_target_"})
-        net = cfg.model.get("net")
-        if not _target_is(net, "ddpm_unet.models.unet.UNet"):
-            return
-        check_unet_arguments(net, prefix="model.net.")
-        if "ch_mults" in net and "image_size" in cfg.get("data", {}):
-            check_image_size(
-                cfg.data.image_size, net.ch_mults, "data.image_size", "model.net.ch_mults"
-            )
-
-
-def check_trainer_config(cfg: DictConfig) -> None:
-    """The global batch splits evenly over the ranks, when the rank count is known up front."""
-    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
-    batch_size = cfg.data.get("batch_size")
-    if isinstance(devices, int) and devices > 0 and batch_size is not None:
-        world = f"trainer.devices={devices} x trainer.num_nodes={nodes}"
-        with _as_config_error():
-            per_device_batch_size(int(batch_size), devices * int(nodes), world)
-
-
-def check_schedule_config(cfg: DictConfig) -> None:
-    """The learning-rate schedule's own checks; a decaying rate needs to know where the run ends
-    (Lightning's step count, which the schedule sees, is known only once data is loaded)."""
-    scheduler = cfg.model.get("scheduler")
-    if not scheduler or scheduler.get("_target_") != "ddpm_unet.models.lr_schedules.warmup_cosine":
-        return
-    decay = scheduler.get("decay", "none")
-    with _as_config_error():
-        check_warmup_cosine(
-            scheduler.get("warmup_steps", 0), decay, scheduler.get("min_lr_ratio", 0.0)
-        )
-    if decay != "cosine":
-        return
-    max_steps = cfg.trainer.get("max_steps", -1)
-    max_epochs = cfg.trainer.get("max_epochs")
-    # max_epochs=null with no max_steps is Lightning's default of 1000 epochs: a known length.
-    if (max_steps is None or max_steps < 0) and max_epochs is not None and max_epochs < 0:
+    if cfg.ckpt_path:  # read as data only; another architecture stops here, before any data
+        check_resume_checkpoint(cfg.ckpt_path, cfg.model)
+    if cfg.seed is not None:  # `is not None`: seed 0 is a seed
+        L.seed_everything(cfg.seed, workers=True)
+    model = build(cfg.model, "model")
+    model.run_config = run_config
+    datamodule = build(cfg.data, "data")
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    configure_wandb(cfg)
+    loggers = instantiate_loggers(cfg.get("logger"))  # absent with logger=null
+    if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
+    batch_size = OmegaConf.select(cfg, "data.batch_size")
+    if isinstance(batch_size, int) and batch_size % trainer.world_size:
         raise ConfigError(
-            f"model.scheduler.decay=cosine needs a known run length, but trainer.max_steps="
-            f"{max_steps} and trainer.max_epochs={max_epochs}: set one of them, or use "
-            "model.scheduler.decay=none."
+            f"data.batch_size={batch_size} is the global batch size and must be divisible by the "
+            f"world size {trainer.world_size} (trainer.devices x trainer.num_nodes): use e.g. "
+            f"data.batch_size={max(1, batch_size // trainer.world_size) * trainer.world_size}."
         )
+    # max_epochs=null with no max_steps is Lightning's 1000 epochs: a known length
+    decay = OmegaConf.select(cfg, "model.scheduler.decay")
+    if decay == "cosine" and trainer.max_steps == -1 and trainer.max_epochs == -1:
+        raise ConfigError(
+            "model.scheduler.decay=cosine needs a known run length, but trainer.max_steps=-1 "
+            "and trainer.max_epochs=-1: set one of them, or use model.scheduler.decay=none."
+        )
+    return TrainObjects(model, datamodule, callbacks, loggers, trainer)
 
 
-def check_sampler(cfg: DictConfig, key: str) -> None:
-    """The sampler config at `key` builds (the sampler checks its own settings)."""
-    from ddpm_unet.models.samplers import build_sampler
-
-    sampler = OmegaConf.select(cfg, key)
-    if sampler is not None:  # absent, or null: DDPM
-        with _as_config_error():
-            build_sampler(sampler, key)
-
-
-def check_generation_config(cfg: DictConfig, rules: Sequence[Rule | Choice]) -> None:
-    """What `sample.py` and `eval.py` check before the checkpoint is read: their `rules`, the
-    generation settings, the sampler, the device or the trainer's accelerator (`trainer=ddp`
-    without a GPU: one line, not Lightning's traceback)."""
+def check_sample_config(cfg: DictConfig, kinds: Mapping[str, Kind] = SAMPLE) -> Any:
+    """What `sample.py` (and, with `EVAL`, `eval.py`) checks before the checkpoint is read; returns
+    the built `sampler` (None: DDPM)."""
     run_config_of(cfg)  # every `???` set, every `${...}` resolves
-    check_values(cfg, [*rules, Rule("model_batch", POSITIVE_INT, "64")])
-    check_sampler(cfg, "sampler")
-    check_device("device", cfg.get("device"))
-    if "trainer" in cfg:
-        check_accelerator(cfg)
+    check_values(cfg, kinds)
+    check_device("device", cfg.device)
+    return build(cfg.sampler, "sampler") if cfg.get("sampler") is not None else None
 
 
-def check_sample_config(cfg: DictConfig) -> None:
-    """`sample.py`'s values; raises `ConfigError`."""
-    check_generation_config(cfg, SAMPLE_RULES)
-
-
-def check_eval_config(cfg: DictConfig) -> None:
-    """`eval.py`'s values; raises `ConfigError`."""
-    check_generation_config(cfg, EVAL_RULES)
-
-
-def check_callback_config(cfg: DictConfig) -> None:
-    """The grid and FID callbacks' own rules, on their config blocks (when they are ours)."""
-    # (h4: these tables left the callbacks, which check their own arguments; h1 replaces this.)
-    SAMPLE_GRID_RULES = (  # noqa: N806
-        Rule("every_n_epochs", POSITIVE_INT, "10"),
-        Rule("num_samples", POSITIVE_INT, "64"),
-    )
-    FID_RULES = (  # noqa: N806
-        Rule("every_n_epochs", POSITIVE_INT, "50"),
-        Rule("num_samples", AT_LEAST_TWO, "1000"),
-        Rule("batch_size", POSITIVE_INT, "250"),
-    )
-    callbacks = cfg.get("callbacks") or {}
-    for key, name, rules in (
-        ("sample_grid", "SampleGrid", SAMPLE_GRID_RULES),
-        ("fid", "FIDCallback", FID_RULES),
-    ):
-        target = str(callbacks[key].get("_target_")) if callbacks.get(key) else ""
-        # ours under either import path (ddpm_unet.callbacks.X or ddpm_unet.callbacks.module.X)
-        if target.startswith("ddpm_unet.callbacks.") and target.endswith(f".{name}"):
-            check_values(cfg, rules, prefix=f"callbacks.{key}.")
-
-
-def check_train_config(cfg: DictConfig) -> None:
-    """Every check that needs only the config; raises `ConfigError`."""
-    run_config_of(cfg)  # every `???` set, every `${...}` resolves
-    check_values(cfg, TRAIN_RULES)
-    check_callback_config(cfg)
-    check_accelerator(cfg)
-    check_model_config(cfg)
-    check_trainer_config(cfg)
-    check_schedule_config(cfg)
-    for key in ("callbacks.sample_grid.sampler", "callbacks.fid.sampler"):
-        check_sampler(cfg, key)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path:
-        # Read as data only; a file that is no resumable checkpoint of this model (or of
-        # another architecture) stops here, before any data is read. Raises CheckpointError.
-        from ddpm_unet.utils.checkpoint import check_resume_checkpoint
-
-        check_resume_checkpoint(ckpt_path, cfg.model)
+def check_eval_config(cfg: DictConfig) -> Any:
+    """`eval.py`'s values (see `check_sample_config`)."""
+    return check_sample_config(cfg, EVAL)

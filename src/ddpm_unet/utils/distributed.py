@@ -2,7 +2,8 @@
 
 Lightning's `ddp` strategy starts ranks 1..N-1 by re-running the command line: under Hydra with
 the original arguments (in a multirun `-m` and the whole sweep, a sweep per rank) in
-`hydra.run.dir`. Here the ranks re-run *this job* (`hydra.mode=RUN`) in *this job's* folder.
+`hydra.run.dir`. Here the ranks re-run *this job* (`hydra.mode=RUN`) in *this job's* folder
+(`hydra_ddp_subprocess_cmd`, installed by `ddpm_unet.utils.compat.install_hydra_ddp_launcher`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch.distributed as dist
+
+from ddpm_unet.utils.compat import install_hydra_ddp_launcher
+
+__all__ = ["hydra_ddp_subprocess_cmd", "install_hydra_ddp_launcher", "isolated_distributed_job"]
 
 
 def hydra_ddp_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
@@ -38,27 +43,6 @@ def hydra_ddp_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
         "hydra.job_logging.root.handlers=[console]",
     ]
     return command, get_original_cwd()
-
-
-def install_hydra_ddp_launcher() -> None:
-    """Make Lightning's `ddp` launcher start ranks with `hydra_ddp_subprocess_cmd`.
-
-    Lightning has no public hook for this: its launcher calls the private
-    `subprocess_script._hydra_subprocess_cmd` under Hydra. If a Lightning release renames it,
-    this stops with an error instead of silently starting every rank as a new run.
-    """
-    import lightning
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    if not callable(getattr(subprocess_script, "_hydra_subprocess_cmd", None)):
-        raise RuntimeError(
-            f"lightning {lightning.__version__} has no "
-            "lightning.pytorch.strategies.launchers.subprocess_script._hydra_subprocess_cmd, "
-            "which ddpm_unet replaces to start DDP ranks under Hydra (written for lightning "
-            "2.6): install a lightning version that has it, or update "
-            "ddpm_unet.utils.distributed."
-        )
-    subprocess_script._hydra_subprocess_cmd = hydra_ddp_subprocess_cmd
 
 
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")

@@ -12,3 +12,7 @@ class UserError(ValueError):
     `exit_on_user_error` (utils/cli.py) prints it as one line, exit status 2. A `ValueError`, so
     code that catches `ValueError` for bad arguments keeps working.
     """
+
+
+class ConfigError(UserError):
+    """A config value (or combination) that cannot work; the message names the key and the fix."""

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import lightning as L
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.config_checks import build
+from ddpm_unet.utils.errors import ConfigError
 
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list:
-    """`name -> config` entries of `group` built in order; null entries (disabled from the
-    command line, e.g. `callbacks.sample_grid=null`) skipped."""
-    if group is None:
-        return []
-    if not isinstance(group, DictConfig):
-        raise TypeError(f"the {what} config must be a mapping of name -> config, got {group!r}")
+    """`name -> config` entries of `group` built in order (an object's error under its key,
+    `callbacks.<name>`); null entries (disabled from the command line, e.g.
+    `callbacks.sample_grid=null`) skipped."""
     objects = []
-    for name, conf in group.items():
-        if conf is None:
-            continue
-        if not isinstance(conf, DictConfig) or "_target_" not in conf:
-            raise UserError(
+    for name, conf in (group or {}).items():
+        if conf is not None and (not isinstance(conf, DictConfig) or "_target_" not in conf):
+            raise ConfigError(
                 f"{what}.{name} has no _target_: each entry of configs/{what}/ must name the "
                 "class to build (or be null to disable it)."
             )
-        objects.append(instantiate(conf, _convert_="object"))
+        if conf is not None:
+            objects.append(build(conf, f"{what}.{name}"))
     return objects
 
 

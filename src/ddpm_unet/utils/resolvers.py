@@ -1,4 +1,4 @@
-"""OmegaConf resolvers used by the configs (registered when `ddpm_unet` is imported)."""
+"""OmegaConf resolvers used by the configs (`register_resolvers`, called by the entry points)."""
 
 from __future__ import annotations
 
@@ -52,13 +52,14 @@ def project_root() -> str:
 
 def register_resolvers() -> None:
     """`${attn_at:<ch_mults>,<placement>}` (`attention_flags`), `${grid_upscale:<image_size>}`
-    and `${project_root:}`."""
+    `${project_root:}` and `${is_set:<value>}` (not null)."""
     resolvers = {
         # A ListConfig: OmegaConf wraps a plain list when a value is read, but not when the
         # whole config is resolved (`--cfg job --resolve`, `OmegaConf.resolve`).
         "attn_at": lambda m, p: OmegaConf.create(attention_flags(list(m), str(p))),
         "grid_upscale": grid_upscale,
         "project_root": project_root,
+        "is_set": lambda value: value is not None,  # data.with_labels: the net has classes
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

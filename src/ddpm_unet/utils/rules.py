@@ -15,11 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_unet.utils.errors import UserError
-
-
-class ConfigError(UserError):
-    """A config value (or combination) that cannot work; the message names the key and the fix."""
+from ddpm_unet.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)

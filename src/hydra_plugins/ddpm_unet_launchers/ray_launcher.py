@@ -35,10 +35,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ddpm_unet.utils.cli import report_user_error
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.launchers import ray_job_problems, register_launcher_resolvers
+from ddpm_unet.utils.resolvers import register_resolvers
 
 log = logging.getLogger(__name__)
 
 register_launcher_resolvers()  # before any launcher config is resolved
+register_resolvers()  # a Ray worker imports this module, not train.py, before it resolves a job
 
 # ray.init options that only apply when it starts a local Ray (it refuses them when connecting)
 LOCAL_ONLY_INIT = ("num_cpus", "num_gpus", "resources", "object_store_memory", "include_dashboard")
