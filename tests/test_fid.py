@@ -148,7 +148,10 @@ def test_missing_weights_give_a_clear_error_without_download(
     assert not (isolated_torch_home / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILENAME).exists()
 
     # The callback resolves the weights when it is built, i.e. before any training or sampling.
-    with pytest.raises(InceptionWeightsNotFoundError, match="callbacks.fid.inception_weights="):
+    # Under its own argument name (the entry point adds the group: `callbacks.fid: ...`).
+    with pytest.raises(
+        InceptionWeightsNotFoundError, match=r"\* set the config value inception_weights="
+    ):
         FIDCallback(inception_weights=tmp_path / "nope.pth")
 
 

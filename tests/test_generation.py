@@ -267,3 +267,43 @@ def test_eval_py_on_two_ranks_gives_the_metrics_of_one_process(
     assert (tmp_path / "samples.npz").read_bytes() == expected_bytes
     for key in ("fid", "kid_mean", "kid_std"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_sample_py_stops_on_sigterm_within_a_step_and_a_rerun_continues(
+    checkpoint: Path, env: dict, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    # 2 images per network call: steps of milliseconds, 100 shards of 50 steps each.
+    args = [
+        f"ckpt_path={checkpoint}",
+        "num_samples=200",
+        "sampler=ddpm",
+        "batch_size=2",
+        "model_batch=2",
+        "progress=false",
+    ]
+    process = start("sample.py", [*args, f"hydra.run.dir={run_dir}"], env)
+    shards = run_dir / "shards"
+    deadline = time.monotonic() + 240
+    while len(list(shards.glob("shard-*.npz"))) < 2 and process.poll() is None:
+        assert time.monotonic() < deadline, "no shards written"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    output, _ = process.communicate(timeout=60)
+    # A step of this model takes milliseconds: "within one step" leaves only shutdown time.
+    assert time.monotonic() - sent < 15, output[-2000:]
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    kept = 2 * len(list(shards.glob("shard-*.npz")))
+    assert 4 <= kept < 200 and not (run_dir / "samples.npz").exists()
+    assert f"SIGTERM: stopped; {kept} images kept in {shards}; rerun the same command" in output
+    assert "interrupted.ckpt" not in output  # a sampling run writes no checkpoint
+
+    # The same command again (a process: one thread, as the first; in this process torch's
+    # threads would make the 2-image steps many times slower on a busy machine).
+    finish(start("sample.py", [*args, f"hydra.run.dir={run_dir}"], env))
+    info = json.loads((run_dir / "sample_info.json").read_text())
+    assert info["reused"] == kept and info["generated"] == 200 - kept
+    assert info["nfe"] == 50  # DDPM: one call per step of the tiny model's 50
+    assert np.load(run_dir / "samples.npz")["images"].shape == (200, 8, 8, 1)

@@ -203,7 +203,7 @@ def test_eval_stops_before_sampling_when_the_weights_are_missing(
         raise AssertionError("the checkpoint was loaded or sampled before the weights check")
 
     monkeypatch.setattr(evaluate, "load_model", fail)
-    monkeypatch.setattr(evaluate, "generate", fail)
+    monkeypatch.setattr(evaluate, "generate_or_stop", fail)
     missing = tmp_path / "nowhere" / INCEPTION_WEIGHTS_FILENAME
     cfg = compose_config(
         "eval", [*eval_args(checkpoint), f"inception_weights={missing}"], tmp_path / "out"

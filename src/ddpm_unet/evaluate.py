@@ -18,7 +18,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_unet.generation.predict import generate, prepare_generation
 from ddpm_unet.generation.shards import write_npz
 from ddpm_unet.metrics.fidelity import UInt8Images, fidelity_metrics
 from ddpm_unet.metrics.inception import resolve_inception_weights
@@ -28,7 +27,7 @@ from ddpm_unet.metrics.reference_stats import (
     validate_reference_cache,
     write_cache_info,
 )
-from ddpm_unet.sample import load_model
+from ddpm_unet.sample import generate_or_stop, load_model, prepare_generation
 from ddpm_unet.utils.checkpoint import read_lit_checkpoint
 from ddpm_unet.utils.config_checks import check_eval_config
 from ddpm_unet.utils.distributed import isolated_distributed_job
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def log_to_loggers(cfg: DictConfig, metrics: dict[str, float], step: int) -> None:
     """Send the config and `metrics` (as `eval/<name>`) to `cfg.logger` (if any); close W&B."""
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"))  # absent with `logger: null`
     if not loggers:
         return
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -59,14 +58,14 @@ def log_to_loggers(cfg: DictConfig, metrics: dict[str, float], step: int) -> Non
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path`; write `<output_dir>/metrics.json`; return its content (rank 0;
     the other ranks only generate their share of the images and return an empty dict)."""
-    check_eval_config(cfg)  # bad values name their key here, before any file is read
-    metric_flags = {k: bool(cfg.metrics.get(k, False)) for k in ("fid", "kid", "isc", "prc")}
+    sampler = check_eval_config(cfg)  # bad values name their key here, before any file is read
+    metric_flags = {k: bool(cfg.metrics[k]) for k in ("fid", "kid", "isc", "prc")}
     if not any(metric_flags.values()):
         raise UserError("metrics: every metric is off; enable at least one of fid/kid/isc/prc.")
     # 1. The weights before anything slow: a missing file must not cost a sampling run.
     weights = resolve_inception_weights(
-        cfg.get("inception_weights"),
-        download=bool(cfg.get("inception_download", True)),
+        cfg.inception_weights,
+        download=bool(cfg.inception_download),
         config_key="inception_weights",
         download_key="inception_download",
     )
@@ -87,37 +86,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **model.run_config["data"],
         "image_size": model.image_size,
         "image_channels": model.image_channels,
-        "download": bool(cfg.get("data_download", False)),
+        "download": bool(cfg.data_download),
         # Reference images are read once, in order: no worker processes, no pinned memory.
         "num_workers": 0,
         "pin_memory": False,
     }
-    if cfg.get("data_root"):
+    if cfg.data_root:
         data_cfg["root"] = cfg.data_root
     cache_root = Path(cfg.cache_dir)
-    use_cache = bool(cfg.get("use_cache", True))
+    use_cache = bool(cfg.use_cache)
     with isolated_distributed_job():
-        trainer, module, settings = prepare_generation(cfg, model)
+        trainer, module, settings = prepare_generation(cfg, model, sampler)
         reference = None
         if trainer.is_global_zero:
             reference = build_reference_set(
                 data_cfg,
                 cfg.reference_split,
                 weights,
-                num_images=cfg.get("num_reference"),
-                subset_seed=int(cfg.get("reference_seed", 0)),
+                num_images=cfg.num_reference,
+                subset_seed=int(cfg.reference_seed),
             )
             if use_cache:
                 write_cache_info(cache_root, reference.cache_name, reference.key)
                 # A damaged or planted entry is deleted (one warning) now, not after sampling.
                 validate_reference_cache(cache_root, reference.cache_name)
         # 3. Samples, on every rank.
-        array, generated = generate(trainer, module, settings)
+        array, generated = generate_or_stop(trainer, module, settings)
     if array is None or reference is None:  # not rank 0
         return {}
     cached_before = cache_files(cache_root, reference.cache_name) if use_cache else {}
-    if cfg.get("save_samples", True):
-        write_npz(output_dir / "samples.npz", {"images": array})
+    if cfg.save_samples:
+        labels = {} if module.labels is None else {"labels": module.labels}
+        write_npz(output_dir / "samples.npz", {"images": array, **labels})
 
     # 4. torch-fidelity, on rank 0's device.
     device = trainer.strategy.root_device
@@ -127,16 +127,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         reference.images,
         weights,
         **metric_flags,
-        feature_layer_fid=str(cfg.get("feature_layer_fid", "2048")),
-        kid_subsets=int(cfg.get("kid_subsets", 100)),
-        kid_subset_size=int(cfg.get("kid_subset_size", 1000)),
-        isc_splits=int(cfg.get("isc_splits", 10)),
-        batch_size=int(cfg.get("fidelity_batch_size", 64)),
+        feature_layer_fid=str(cfg.feature_layer_fid),
+        kid_subsets=int(cfg.kid_subsets),
+        kid_subset_size=int(cfg.kid_subset_size),
+        isc_splits=int(cfg.isc_splits),
+        batch_size=int(cfg.fidelity_batch_size),
         device=device,
         reference_cache_name=reference.cache_name if use_cache else None,
         cache_root=cache_root,
-        save_cpu_ram=bool(cfg.get("save_cpu_ram", False)),
-        verbose=bool(cfg.get("progress", True)),
+        save_cpu_ram=bool(cfg.save_cpu_ram),
+        verbose=bool(cfg.progress),
     )
     metrics_s = time.perf_counter() - start
     cached_after = cache_files(cache_root, reference.cache_name) if use_cache else {}
@@ -152,7 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "dataset": data_cfg["dataset"],
         "image_size": model.image_size,
         "image_channels": model.image_channels,
-        "feature_layer_fid": str(cfg.get("feature_layer_fid", "2048")),
+        "feature_layer_fid": str(cfg.feature_layer_fid),
         "ckpt_path": str(cfg.ckpt_path),
         "epoch": epoch,
         "global_step": global_step,

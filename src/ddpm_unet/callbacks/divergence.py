@@ -32,9 +32,9 @@ class NonFiniteLossGuard(L.Callback):
         raise TrainingDivergedError(
             f"the training loss is {loss.item()} at step {trainer.global_step} (epoch "
             f"{trainer.current_epoch}): training diverged and was stopped before the weights "
-            f"changed. Try a lower learning rate (model.optimizer.lr={lr:g} now), gradient "
-            f"clipping (trainer.gradient_clip_val=1.0, now {trainer.gradient_clip_val}), a longer "
-            f"warm-up (model.scheduler.warmup_steps), or full precision "
-            f"(trainer.precision=32-true, now {trainer.precision}). The checkpoints in the run "
-            "folder hold finite weights only."
+            f"changed. Try a lower learning rate (the optimizer's lr={lr:g} now), gradient "
+            f"clipping (the Trainer's gradient_clip_val=1.0, now {trainer.gradient_clip_val}), a "
+            f"longer warm-up (the lr schedule's warmup_steps), or full precision (the Trainer's "
+            f"precision=32-true, now {trainer.precision}). The checkpoints in the run folder hold "
+            "finite weights only."
         )

@@ -31,22 +31,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ddpm_unet.callbacks.sample_grid import check_positive_int, check_sampler
+from ddpm_unet.generation.core import sample_model
+from ddpm_unet.generation.guidance import ModelCalls, check_guidance_scale, resolve_labels
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
 from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weights_copy
 from ddpm_unet.metrics.reference_stats import select_indices
-from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
+from ddpm_unet.models.samplers import DDIM, Sampler
 from ddpm_unet.utils.errors import UserError
-from ddpm_unet.utils.rules import AT_LEAST_TWO, POSITIVE_INT, Rule, check_arguments
 
 log = logging.getLogger(__name__)
 
 FEATURE_DIMS = (64, 192, 768, 2048)
-# `FIDCallback`'s single-valued arguments (under `callbacks.fid.` in the config).
-FID_RULES = (
-    Rule("every_n_epochs", POSITIVE_INT, "50"),
-    Rule("num_samples", AT_LEAST_TWO, "1000"),  # a covariance needs two images
-    Rule("batch_size", POSITIVE_INT, "250"),
-)
 
 
 class PrecomputedFeatures(nn.Identity):
@@ -81,6 +77,11 @@ class FIDCallback(L.Callback):
         download: allow downloading the weights into torch.hub's cache when they are missing.
         subset_seed: seed of the choice of `num_real` real images.
         progress: progress bars on rank zero, so a long FID epoch does not look like a hang.
+        guidance_scale: classifier-free guidance w for a class-conditional model (its images
+            get balanced labels, image i class `i % num_classes`); None: 1 (plain conditional).
+            Unconditional models take None only.
+
+    Also logs `val/fid_nfe`, the sampler's counted model calls per image.
     """
 
     def __init__(
@@ -100,19 +101,24 @@ class FIDCallback(L.Callback):
         download: bool = True,
         subset_seed: int = 0,
         progress: bool = True,
+        guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
-        # Named as their `callbacks.fid.` config keys; the early config check runs them too.
-        check_arguments(locals(), FID_RULES, prefix="callbacks.fid.")
+        check_positive_int(every_n_epochs=every_n_epochs, batch_size=batch_size)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+            raise UserError(f"num_samples={num_samples!r} must be >= 2 (a covariance needs two).")
         if feature not in FEATURE_DIMS:
-            raise UserError(f"callbacks.fid.feature={feature} must be one of {FEATURE_DIMS}.")
+            raise UserError(f"feature={feature} must be one of {FEATURE_DIMS}.")
         if real_split not in ("train", "val"):
-            raise UserError(f"callbacks.fid.real_split={real_split!r} must be 'train' or 'val'.")
+            raise UserError(f"real_split={real_split!r} must be 'train' or 'val'.")
+        if guidance_scale is not None:  # whether the model is conditional is known at fit
+            check_guidance_scale(guidance_scale, num_classes=1)
+        self.guidance_scale = guidance_scale
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.num_real = num_real
         self.real_split = real_split
-        self.sampler = sampler_or_default(sampler, "callbacks.fid.sampler", DDIM(steps=25))
+        self.sampler = check_sampler(sampler, DDIM(steps=25))
         self.seed = seed
         self.batch_size = batch_size
         self.feature = feature
@@ -123,10 +129,7 @@ class FIDCallback(L.Callback):
         self.progress = progress
         # Resolved now: a missing file stops the run before any training or sampling.
         self.weights_path = resolve_inception_weights(
-            inception_weights,
-            download,
-            config_key="callbacks.fid.inception_weights",
-            download_key="callbacks.fid.download",
+            inception_weights, download, config_key="inception_weights", download_key="download"
         )
         self.inception: nn.Module | None = None  # built in `setup`, in each process
         self.fid: Any = None  # torchmetrics metrics, created at fit start
@@ -135,6 +138,7 @@ class FIDCallback(L.Callback):
         self._num_real_total = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_guidance_scale(self.guidance_scale, getattr(pl_module, "num_classes", None))
         if self.inception is None:  # in each process
             self.inception = self._build_inception()
 
@@ -175,10 +179,12 @@ class FIDCallback(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        fid, kid = self.evaluate(trainer, pl_module)
+        fid, kid, nfe = self.evaluate(trainer, pl_module)
         # Every rank holds the same all-gathered value; sync_dist averages identical numbers, and
         # keeps Lightning from warning about unsynced epoch-level logging under DDP.
         pl_module.log("val/fid", fid, on_step=False, on_epoch=True, sync_dist=True)
+        if nfe is not None:
+            pl_module.log("val/fid_nfe", float(nfe), on_step=False, on_epoch=True, sync_dist=True)
         if kid is not None:
             pl_module.log("val/kid", kid, on_step=False, on_epoch=True, sync_dist=True)
 
@@ -198,10 +204,11 @@ class FIDCallback(L.Callback):
 
     def evaluate(
         self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
         """Update the metrics with this rank's images, compute over all ranks, clear the fakes.
 
-        Returns `(fid, kid_mean or None)` as 0-d tensors on the module's device.
+        Returns `(fid, kid_mean or None)` as 0-d tensors on the module's device, and the
+        sampler's model calls per image (`nfe`).
         """
         device = pl_module.device
         if self.fid is None:
@@ -212,7 +219,7 @@ class FIDCallback(L.Callback):
         show = self.progress and trainer.is_global_zero
         if self.num_samples < 2 * world:
             raise UserError(
-                f"callbacks.fid.num_samples={self.num_samples} leaves fewer than 2 samples per "
+                f"num_samples={self.num_samples} leaves fewer than 2 samples per "
                 f"rank on {world} ranks."
             )
         if not self._real_done:  # this rank's share of the real images ([C, H, W] in [-1, 1])
@@ -230,13 +237,20 @@ class FIDCallback(L.Callback):
                 self._add(to_uint8(batch), True, device)
             self._real_done = True
 
-        images = pl_module.sample_images(
+        num_classes = getattr(pl_module, "num_classes", None)
+        labels = resolve_labels(None, self.num_samples, num_classes)  # balanced, or None
+        calls = ModelCalls()
+        images = sample_model(
+            pl_module,
             self.num_samples,
             self.sampler,
             seed=self.seed,
             batch_size=self.batch_size,
             progress=show,
             indices=range(rank, self.num_samples, world),  # this rank's share
+            labels=None if labels is None else labels[rank::world],
+            guidance_scale=check_guidance_scale(self.guidance_scale, num_classes),
+            calls=calls,
         )
         self._add(to_uint8(images), False, device, show)
 
@@ -247,5 +261,11 @@ class FIDCallback(L.Callback):
             kid = self.kid.compute()[0]
             self.kid.reset()  # fake features only (reset_real_features=False)
         self.fid.reset()
-        log.info("epoch %d: FID %.4f", trainer.current_epoch, float(fid))
-        return fid.to(device).float(), None if kid is None else kid.to(device).float()
+        log.info(
+            "epoch %d: FID %.4f (%s model calls per image)",
+            trainer.current_epoch,
+            float(fid),
+            calls.nfe,
+        )
+        kid = None if kid is None else kid.to(device).float()
+        return fid.to(device).float(), kid, calls.nfe

@@ -7,18 +7,34 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
+from ddpm_unet.generation.core import sample_model
+from ddpm_unet.generation.guidance import check_guidance_scale
+from ddpm_unet.models.samplers import DDIM, Sampler
+from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
-from ddpm_unet.utils.rules import POSITIVE_INT, Rule, check_arguments
 
-# `SampleGrid`'s single-valued arguments (under `callbacks.sample_grid.` in the config).
-SAMPLE_GRID_RULES = (
-    Rule("every_n_epochs", POSITIVE_INT, "10"),
-    Rule("num_samples", POSITIVE_INT, "64"),
-)
+
+def check_positive_int(**values: object) -> None:
+    """`name=value` pairs that must be whole numbers >= 1 (a callback's own arguments)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name}={value!r} must be a whole number >= 1.")
+
+
+def check_sampler(sampler: object, default: Sampler) -> Sampler:
+    """`sampler` if it is a `Sampler`, `default` if None."""
+    if sampler is None:
+        return default
+    if not isinstance(sampler, Sampler):
+        raise UserError(
+            f"sampler={sampler!r} is not a sampler: give a config with _target_, e.g. "
+            "{_target_: ddpm_unet.models.samplers.ddim.DDIM, steps: 25}."
+        )
+    return sampler
 
 
 class SampleGrid(L.Callback):
@@ -28,6 +44,9 @@ class SampleGrid(L.Callback):
     when None). The grid goes to `<output_dir>/epoch_<e>_step_<s>.png` (`final.png` at the end)
     and to every logger that takes images (W&B, TensorBoard). Only rank zero samples; sampling
     runs no collective operation, so the other ranks are not blocked by it.
+
+    A class-conditional model (`pl_module.num_classes`) shows one row per class: row r holds
+    class `r % num_classes`, sampled with `guidance_scale` (None: 1, plain conditional).
     """
 
     def __init__(
@@ -40,20 +59,44 @@ class SampleGrid(L.Callback):
         nrow: int | None = None,
         upscale: int = 1,
         at_train_end: bool = True,
+        guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
-        # Named as their `callbacks.sample_grid.` config keys; the early config check runs them.
-        check_arguments(locals(), SAMPLE_GRID_RULES, prefix="callbacks.sample_grid.")
+        check_positive_int(every_n_epochs=every_n_epochs, num_samples=num_samples)
+        if guidance_scale is not None:  # whether the model is conditional is known at fit
+            check_guidance_scale(guidance_scale, num_classes=1)
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
-        self.sampler = sampler_or_default(sampler, "callbacks.sample_grid.sampler", DDIM(steps=100))
+        self.sampler = check_sampler(sampler, DDIM(steps=100))
         self.seed = seed
         self.nrow = nrow or max(1, int(num_samples**0.5))
         self.upscale = upscale
         self.at_train_end = at_train_end
+        self.guidance_scale = guidance_scale
         self._last_sampled_step = -1
         self.last_grid_path: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_guidance_scale(self.guidance_scale, getattr(pl_module, "num_classes", None))
+
+    def labels(self, num_classes: int | None) -> np.ndarray | None:
+        """Image i's class: its row's (`(i // nrow) % num_classes`); None when unconditional."""
+        if num_classes is None:
+            return None
+        return (np.arange(self.num_samples) // self.nrow) % num_classes
+
+    def sample(self, pl_module: L.LightningModule) -> torch.Tensor:
+        """The grid's images, `[num_samples, C, H, W]` in [-1, 1]."""
+        num_classes = getattr(pl_module, "num_classes", None)
+        return sample_model(
+            pl_module,
+            self.num_samples,
+            self.sampler,
+            self.seed,
+            labels=self.labels(num_classes),
+            guidance_scale=check_guidance_scale(self.guidance_scale, num_classes),
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -73,7 +116,7 @@ class SampleGrid(L.Callback):
                 self.last_grid_path, self.output_dir / "final.png"
             )
             return
-        images = pl_module.sample_images(self.num_samples, self.sampler, seed=self.seed)
+        images = self.sample(pl_module)
         # One conversion to 8-bit pixels: the PNG and every logger show the same values.
         pixels = grid_to_uint8(images_to_grid(images, self.nrow, self.upscale))
         filename = f"{name}_step_{trainer.global_step:07d}.png" if name != "final" else "final.png"

@@ -1,7 +1,7 @@
 """Generation on any number of devices: Lightning's `trainer.predict` over image indices.
 
-`sample.py` and `eval.py` call `prepare_generation` (the Trainer of the same `trainer` group as
-training: `trainer=ddp`, `ddp_sim`, `num_nodes`, SLURM) and then `generate`: every rank checks
+`sample.py` and `eval.py` build a `GenerationModule` and the Trainer of the same `trainer` group as
+training (`trainer=ddp`, `ddp_sim`, `num_nodes`, SLURM), then call `generate`: every rank checks
 the run's settings against the shard folder's manifest (`shards.py`); rank 0 scans the finished
 shards and broadcasts the seed and the indices left; Lightning splits those over the ranks, each
 rank writes a shard per batch; rank 0 assembles the images in index order. cuDNN autotuning
@@ -11,32 +11,24 @@ last bits of an image between runs and ranks.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ddpm_unet.generation.core import effective_model_batch, generate_images, random_seed
-from ddpm_unet.generation.shards import FORMAT, Plan, ShardStore
+from ddpm_unet.generation.core import generate_images, random_seed
+from ddpm_unet.generation.guidance import ModelCalls
+from ddpm_unet.generation.shards import Plan, ShardStore
 from ddpm_unet.metrics.fidelity import to_uint8_hwc
 from ddpm_unet.models.diffusion import GaussianDiffusion
-from ddpm_unet.models.samplers import Sampler, build_sampler
-from ddpm_unet.utils.errors import UserError
-
-if TYPE_CHECKING:
-    from ddpm_unet.models.lit_diffusion import LitDiffusion
-
-ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}  # torch device type -> Lightning's
+from ddpm_unet.models.samplers import Sampler
 
 
 class GenerationModule(L.LightningModule):
@@ -51,6 +43,8 @@ class GenerationModule(L.LightningModule):
         image_shape: `(C, H, W)`.
         model_batch: images per network call (`FixedBatch`).
         batch_size: images sampled together per rank (one shard each).
+        labels: int64 `[num_samples]`, image i's class (`guidance.resolve_labels`), or None.
+        guidance_scale: classifier-free guidance w (None: unconditional model).
     """
 
     plan: Plan  # set in `setup`: the seed and the indices still to generate
@@ -67,6 +61,8 @@ class GenerationModule(L.LightningModule):
         model_batch: int,
         batch_size: int,
         progress: bool = True,
+        labels: np.ndarray | None = None,
+        guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -79,6 +75,9 @@ class GenerationModule(L.LightningModule):
         self.model_batch = model_batch
         self.batch_size = batch_size
         self.progress = progress
+        self.labels = labels
+        self.guidance_scale = guidance_scale
+        self.calls = ModelCalls()  # this rank's model calls (`nfe`)
         self._bar: Any = None
 
     @property
@@ -119,6 +118,9 @@ class GenerationModule(L.LightningModule):
             self.image_shape,
             self.model_batch,
             progress=self._advance if self._bar is not None else False,
+            labels=None if self.labels is None else self.labels[batch.cpu().numpy()],
+            guidance_scale=self.guidance_scale,
+            calls=self.calls,
         )
         return self.store.write_shard(batch.cpu().numpy(), to_uint8_hwc(images))
 
@@ -133,83 +135,6 @@ class GenerationModule(L.LightningModule):
             self._bar.close()
             self._bar = None
         self.trainer.strategy.barrier("shards_written")  # rank 0 then reads complete shards
-
-
-def device_overrides(trainer_cfg: Mapping[str, Any], device: str | None) -> dict[str, Any]:
-    """Trainer arguments for the `device` shortcut of `sample.py`/`eval.py`: `auto` (or None)
-    keeps the trainer group's choice; `cpu`, `cuda`, `cuda:N`, `mps` pick that one device.
-
-    Raises:
-        UserError: `device` names one device while the trainer group asks for several.
-    """
-    if device in (None, "auto"):
-        return {}
-    parsed = torch.device(str(device))
-    if parsed.type not in ACCELERATORS:
-        raise UserError(f"device={device} is not a device: use auto, cpu, cuda, cuda:N or mps.")
-    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
-    if devices not in (1, "1", None, "auto") or int(nodes) != 1:
-        raise UserError(
-            f"device={device} picks one device, but trainer.devices={devices} and "
-            f"trainer.num_nodes={nodes} ask for several: leave device=auto and let the trainer "
-            "group choose (e.g. trainer=ddp), or use trainer=default with device=...."
-        )
-    index = parsed.index if parsed.type == "cuda" else None
-    return {"accelerator": ACCELERATORS[parsed.type], "devices": [index] if index else 1}
-
-
-def prepare_generation(
-    cfg: DictConfig, model: LitDiffusion
-) -> tuple[L.Trainer, GenerationModule, dict[str, Any]]:
-    """What `sample.py` and `eval.py` share: the Trainer of `cfg.trainer` (no loggers,
-    checkpoints, summaries or Lightning's batch bar), the module that generates `cfg.num_samples`
-    images of `model` into `<output_dir>/shards/`, and the settings those images depend on (the
-    shard manifest)."""
-    num_samples = int(cfg.num_samples)
-    use_ema = bool(cfg.get("use_ema", True))
-    model_batch = effective_model_batch(int(cfg.get("model_batch") or 1), num_samples)
-    sampler = build_sampler(cfg.get("sampler"))
-    trainer = instantiate(
-        cfg.trainer,
-        **device_overrides(cfg.trainer, cfg.get("device")),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,  # generation shows its own step bar
-        benchmark=False,  # see the module docstring
-        use_distributed_sampler=True,  # each rank its own indices
-    )
-    shape = (model.image_channels, model.image_size, model.image_size)
-    module = GenerationModule(
-        model.ema.module if use_ema else model.net,
-        model.diffusion,
-        sampler,
-        ShardStore(Path(cfg.paths.output_dir) / "shards"),
-        num_samples=num_samples,
-        seed=cfg.get("seed"),
-        image_shape=shape,
-        model_batch=model_batch,
-        batch_size=int(cfg.get("batch_size") or num_samples),
-        progress=bool(cfg.get("progress", True)),
-    )
-    stat = os.stat(cfg.ckpt_path)
-    settings = {
-        "format": FORMAT,
-        # Path, size and time: a `last.ckpt` overwritten by further training is another one.
-        "checkpoint": {
-            "path": os.path.realpath(cfg.ckpt_path),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-        },
-        "num_samples": num_samples,
-        "seed": None if cfg.get("seed") is None else int(cfg.seed),
-        "sampler": sampler.settings(),
-        "use_ema": use_ema,
-        "model_batch": model_batch,
-        "precision": str(trainer.precision),
-        "image_shape": list(shape),
-    }
-    return trainer, module, settings
 
 
 def generate(
@@ -234,9 +159,14 @@ def generate(
         return None, {}
     images = module.store.assemble(module.num_samples, module.image_hwc)
     seconds = time.perf_counter() - start
+    conditional = module.labels is not None
     return images, {
         "sampler": module.sampler.name,
         "steps": module.sampler.num_model_calls(module.diffusion.num_timesteps),
+        # Counted (rank 0's images; None when every image came from an earlier run's shards).
+        "nfe": module.calls.nfe,
+        "guidance_scale": module.guidance_scale,
+        "labels": module.labels.tolist() if conditional else None,
         "sampler_settings": {k: v for k, v in module.sampler.settings().items() if k != "sampler"},
         "use_ema": settings["use_ema"],
         "seed": module.seed,

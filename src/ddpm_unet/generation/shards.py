@@ -32,14 +32,6 @@ SHARD_PREFIX = "shard-"
 FORMAT = 1  # of the manifest and shards; bump when their meaning changes
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
-# Manifest entry -> the config key a user changes it with (named in the refusal), where they
-# differ.
-SETTING_KEYS = {
-    "checkpoint": "ckpt_path",
-    "image_shape": "ckpt_path",
-    "precision": "trainer.precision",
-}
-
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
     """Write `arrays` as an `.npz` archive (readable by `np.load`) atomically (`atomic_write`),
@@ -73,11 +65,15 @@ class Plan:
 
 class ShardStore:
     """The shard folder of one run. Only rank 0 writes the manifest, deletes bad shards and
-    assembles; every rank writes its own shards."""
+    assembles; every rank writes its own shards. `setting_names`: how the refusal names a
+    manifest entry (e.g. the option a user changes it with), where that differs from the entry."""
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], setting_names: Mapping[str, str] | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.manifest_path = self.folder / MANIFEST
+        self.setting_names = dict(setting_names or {})
 
     def check_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The settings the run continues with: `settings`, with an earlier run's recorded seed
@@ -102,7 +98,7 @@ class ShardStore:
         differ = [key for key in wanted if recorded.get(key) != wanted[key]]
         if differ:
             details = "; ".join(
-                f"{SETTING_KEYS.get(key, key)}: {_short(recorded.get(key))} then, "
+                f"{self.setting_names.get(key, key)}: {_short(recorded.get(key))} then, "
                 f"{_short(wanted.get(key))} now"
                 for key in differ
             )
