@@ -17,8 +17,13 @@ install: $(STAMP)
 train: $(STAMP)  ## train unet_small on the built-in digits (extra Hydra overrides: ARGS="...")
 	$(BIN)/python train.py $(ARGS)
 
+# Two pytest workers, a test file each at a time (`loadfile`: a file's module fixtures are built
+# once and the README's commands keep their order), one torch thread per process: the tiny
+# models of the tests are faster single-threaded, and the two workers keep both cores busy.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)  ## the full test suite (what CI runs)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(ARGS)  # no busy-waiting threads when tests run processes side by side
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
