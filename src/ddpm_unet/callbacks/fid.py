@@ -112,7 +112,7 @@ class FIDCallback(L.Callback):
         self.num_samples = num_samples
         self.num_real = num_real
         self.real_split = real_split
-        self.sampler = sampler_or_default(sampler, "callbacks.fid.sampler", DDIM(steps=25))
+        self.sampler = sampler_or_default(sampler, DDIM(steps=25))
         self.seed = seed
         self.batch_size = batch_size
         self.feature = feature

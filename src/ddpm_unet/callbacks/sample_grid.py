@@ -47,7 +47,7 @@ class SampleGrid(L.Callback):
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
-        self.sampler = sampler_or_default(sampler, "callbacks.sample_grid.sampler", DDIM(steps=100))
+        self.sampler = sampler_or_default(sampler, DDIM(steps=100))
         self.seed = seed
         self.nrow = nrow or max(1, int(num_samples**0.5))
         self.upscale = upscale

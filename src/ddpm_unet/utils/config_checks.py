@@ -240,8 +240,10 @@ def check_sampler(cfg: DictConfig, key: str) -> None:
 
     sampler = OmegaConf.select(cfg, key)
     if sampler is not None:  # absent, or null: DDPM
-        with _as_config_error():
-            build_sampler(sampler, key)
+        try:
+            build_sampler(sampler)
+        except UserError as err:  # the sampler names its own arguments: prefix the key (C1)
+            raise ConfigError(f"{key}: {err}") from None
 
 
 def check_generation_config(cfg: DictConfig, rules: Sequence[Rule | Choice]) -> None:

@@ -114,7 +114,11 @@ class Sampler(ABC):
 
     @abstractmethod
     def run(
-        self, model: nn.Module, diffusion: GaussianDiffusion, x: torch.Tensor, chain: Chain,
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        chain: Chain,
         steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         """Denoise `x` (`[N, C, H, W]`, pure noise in the process's scale) into images; `steps`
@@ -186,7 +190,11 @@ class StepSampler(Sampler):
         return len(self.timesteps(num_timesteps))
 
     def run(
-        self, model: nn.Module, diffusion: GaussianDiffusion, x: torch.Tensor, chain: Chain,
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        chain: Chain,
         steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         chain.timesteps = self.timesteps(diffusion.num_timesteps)

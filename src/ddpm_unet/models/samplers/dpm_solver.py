@@ -40,8 +40,12 @@ class DPMSolver(TimelineSampler):
     rho: float = 7.0
 
     def solve(
-        self, model_x0: Callable[..., torch.Tensor], timeline: Timeline, x: torch.Tensor,
-        chain: Chain, steps: Callable[[Iterable[int]], Iterable[int]],
+        self,
+        model_x0: Callable[..., torch.Tensor],
+        timeline: Timeline,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         s = timeline.sigmas.tolist()
         previous = None  # x0 of the step before

@@ -27,8 +27,12 @@ class Euler(TimelineSampler):
     rho: float = 7.0
 
     def solve(
-        self, model_x0: Callable[..., torch.Tensor], timeline: Timeline, x: torch.Tensor,
-        chain: Chain, steps: Callable[[Iterable[int]], Iterable[int]],
+        self,
+        model_x0: Callable[..., torch.Tensor],
+        timeline: Timeline,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         s = timeline.sigmas.tolist()
         for i in steps(range(self.steps)):
@@ -58,13 +62,20 @@ class EulerAncestral(TimelineSampler):
             raise UserError(f"eta={self.eta!r} must be a number >= 0 (0: Euler), e.g. eta=1.0.")
 
     def solve(
-        self, model_x0: Callable[..., torch.Tensor], timeline: Timeline, x: torch.Tensor,
-        chain: Chain, steps: Callable[[Iterable[int]], Iterable[int]],
+        self,
+        model_x0: Callable[..., torch.Tensor],
+        timeline: Timeline,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         s = timeline.sigmas.tolist()
         for i in steps(range(self.steps)):
             x0 = model_x0(x, s[i], timeline.t[i])
-            up = min(s[i + 1], self.eta * math.sqrt(s[i + 1] ** 2 * (s[i] ** 2 - s[i + 1] ** 2) / s[i] ** 2))
+            up = min(
+                s[i + 1],
+                self.eta * math.sqrt(s[i + 1] ** 2 * (s[i] ** 2 - s[i + 1] ** 2) / s[i] ** 2),
+            )
             down = math.sqrt(s[i + 1] ** 2 - up**2)
             x = x + (down - s[i]) / s[i] * (x - x0)
             if up > 0:

@@ -50,8 +50,12 @@ class Heun(TimelineSampler):
         return 2 * self.steps - 1
 
     def solve(
-        self, model_x0: Callable[..., torch.Tensor], timeline: Timeline, x: torch.Tensor,
-        chain: Chain, steps: Callable[[Iterable[int]], Iterable[int]],
+        self,
+        model_x0: Callable[..., torch.Tensor],
+        timeline: Timeline,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         s = timeline.sigmas.tolist()
         for i in steps(range(self.steps)):

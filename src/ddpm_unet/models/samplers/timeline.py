@@ -70,7 +70,7 @@ class Timeline:
 def make_timeline(
     diffusion: GaussianDiffusion, steps: int, spacing: SigmaSpacing, rho: float = 7.0
 ) -> Timeline:
-    """`steps` noise levels of `diffusion` spaced by `spacing` (see the module docstring), then 0."""
+    """`steps` noise levels of `diffusion` spaced by `spacing` (the module docstring), then 0."""
     table = model_sigmas(diffusion)
     if spacing in SPACINGS:
         t = np.asarray(spaced_timesteps(len(table), steps, spacing), dtype=np.float64)  # type: ignore[arg-type]
@@ -88,7 +88,11 @@ def make_timeline(
 
 
 def denoise(
-    model: nn.Module, diffusion: GaussianDiffusion, x: torch.Tensor, sigma: float, t: float,
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    sigma: float,
+    t: float,
     integer: bool = False,
 ) -> torch.Tensor:
     """`x~` (`[N, C, H, W]`) at noise level `sigma` -> the network's `x0` (`[N, C, H, W]`).
@@ -101,8 +105,9 @@ def denoise(
     sqrt_a, sqrt_1ma = math.sqrt(a), sigma * math.sqrt(a)  # float64, cast once on the tensors
     x_t = x * sqrt_a
     dtype = torch.long if integer else torch.float32
-    output = model(x_t, torch.full((x.shape[0],), round(t) if integer else t, dtype=dtype,
-                                   device=x.device)).float()
+    output = model(
+        x_t, torch.full((x.shape[0],), round(t) if integer else t, dtype=dtype, device=x.device)
+    ).float()
     if diffusion.prediction_type == "eps":
         x0 = (x_t - sqrt_1ma * output) / sqrt_a
     elif diffusion.prediction_type == "x0":
@@ -135,7 +140,11 @@ class TimelineSampler(Sampler):
         return self.steps
 
     def run(
-        self, model: nn.Module, diffusion: GaussianDiffusion, x: torch.Tensor, chain: Chain,
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        chain: Chain,
         steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         timeline = make_timeline(diffusion, self.steps, self.sigmas, self.rho)
@@ -153,8 +162,12 @@ class TimelineSampler(Sampler):
 
     @abstractmethod
     def solve(
-        self, model_x0: Callable[..., torch.Tensor], timeline: Timeline, x: torch.Tensor,
-        chain: Chain, steps: Callable[[Iterable[int]], Iterable[int]],
+        self,
+        model_x0: Callable[..., torch.Tensor],
+        timeline: Timeline,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         """`x~` at `timeline.sigmas[0]` -> the sample at sigma 0. `model_x0(x, sigma, t)` is the
         denoiser (`t`: the grid's `timeline.t[i]`, or None to interpolate)."""

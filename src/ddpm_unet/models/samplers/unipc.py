@@ -16,7 +16,9 @@ from ddpm_unet.models.samplers.timeline import SigmaSpacing, Timeline, TimelineS
 from ddpm_unet.utils.errors import UserError
 
 
-def unipc_coefficients(h: float, rks: list[float], order: int) -> tuple[float, float, np.ndarray, np.ndarray]:
+def unipc_coefficients(
+    h: float, rks: list[float], order: int
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """For a step of `h = lambda_t - lambda_s` (lambda = -log sigma) with the previous points at
     `rks` (`(lambda_k - lambda_s) / h`, `order - 1` of them): `h_phi_1 = exp(-h) - 1`,
     `B(h) = exp(-h) - 1`, the predictor's weights `rhos_p` (`order - 1`) and the corrector's
@@ -34,7 +36,13 @@ def unipc_coefficients(h: float, rks: list[float], order: int) -> tuple[float, f
         h_phi_k = h_phi_k / hh - 1 / factorial
     R, b_vec = np.stack(rows), np.array(b)
     # order 2's predictor and order 1's corrector: the paper's simplified 0.5.
-    rhos_p = np.array([0.5]) if order == 2 else np.linalg.solve(R[:-1, :-1], b_vec[:-1]) if order > 2 else np.zeros(0)
+    rhos_p = (
+        np.array([0.5])
+        if order == 2
+        else np.linalg.solve(R[:-1, :-1], b_vec[:-1])
+        if order > 2
+        else np.zeros(0)
+    )
     rhos_c = np.array([0.5]) if order == 1 else np.linalg.solve(R, b_vec)
     return h_phi_1, b_h, rhos_p, rhos_c
 
@@ -66,8 +74,12 @@ class UniPC(TimelineSampler):
             raise UserError(f"order={self.order!r} must be 1, 2 or 3, e.g. order=2.")
 
     def solve(
-        self, model_x0: Callable[..., torch.Tensor], timeline: Timeline, x: torch.Tensor,
-        chain: Chain, steps: Callable[[Iterable[int]], Iterable[int]],
+        self,
+        model_x0: Callable[..., torch.Tensor],
+        timeline: Timeline,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
     ) -> torch.Tensor:
         s = timeline.sigmas.tolist()
         lam = [-math.log(v) if v > 0 else math.inf for v in s]
@@ -77,7 +89,7 @@ class UniPC(TimelineSampler):
             m_t = model_x0(x, s[i], timeline.t[i])
             if last_x is not None:  # UniC: correct x~_i with the model call made there
                 x = self._update(s, lam, i - 1, i, last_x, history, last_order, m_t)
-            history = [*history, (i, m_t)][-self.order:]
+            history = [*history, (i, m_t)][-self.order :]
             # warm-up (as many points as there are) and lower order at the end (steps left)
             order = min(self.order, self.steps - i, len(history))
             last_x, last_order = x, order
@@ -86,8 +98,14 @@ class UniPC(TimelineSampler):
 
     @staticmethod
     def _update(
-        s: list[float], lam: list[float], src: int, dst: int, x: torch.Tensor,
-        history: list[tuple[int, torch.Tensor]], order: int, m_t: torch.Tensor | None,
+        s: list[float],
+        lam: list[float],
+        src: int,
+        dst: int,
+        x: torch.Tensor,
+        history: list[tuple[int, torch.Tensor]],
+        order: int,
+        m_t: torch.Tensor | None,
     ) -> torch.Tensor:
         """`x~` at grid point `src` -> at `dst`, from the predictions in `history` (newest at
         `src`): the predictor (`m_t` None) or, with the prediction `m_t` at `dst`, the corrector."""
