@@ -54,8 +54,11 @@ FAMILIES = {
     "unipc": lambda n: UniPC(steps=n),
     "unipc_karras": lambda n: UniPC(steps=n, sigmas="karras"),
     "euler": lambda n: Euler(steps=n),
+    "euler_karras": lambda n: Euler(steps=n, sigmas="karras"),
     "euler_ancestral": lambda n: EulerAncestral(steps=n),
+    "euler_ancestral_karras": lambda n: EulerAncestral(steps=n, sigmas="karras"),
     "heun": lambda n: Heun(steps=(n + 1) // 2),  # 2 steps - 1 calls <= n
+    "heun_karras": lambda n: Heun(steps=(n + 1) // 2, sigmas="karras"),
 }
 CALLS = (5, 8, 10, 15, 20, 50)
 DEFAULT_SAMPLERS = ["ddpm"] + [f"{name}:{n}" for name in FAMILIES for n in CALLS]

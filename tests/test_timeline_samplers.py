@@ -293,7 +293,7 @@ def test_euler_ancestral_eta_against_k_diffusions_formula() -> None:
         x = x + (x - x0) / s * (down - s)
         if up > 0:
             x = x + up * torch.randn(SHAPE, generator=gen).double()
-    got = ours(EulerAncestral(steps=steps, eta=eta), diffusion)
+    got = ours(EulerAncestral(steps=steps, eta=eta, sigmas="karras"), diffusion)
     assert (got.double() - x.clamp(-1, 1)).abs().max() < 1e-5
     assert torch.equal(
         ours(EulerAncestral(steps=5, eta=0.0), diffusion), ours(Euler(steps=5), diffusion)
@@ -354,7 +354,7 @@ def test_heun_churn_against_edms_algorithm_2() -> None:
             x_2 = x + (s_next - s_hat) * d
             d_2 = (x_2 - denoised(x_2, s_next)) / s_next
             x = x + (s_next - s_hat) * (d + d_2) / 2
-    sampler = Heun(steps=steps, s_churn=churn, s_tmin=tmin, s_tmax=tmax, s_noise=s_noise)
+    sampler = Heun(steps, "karras", s_churn=churn, s_tmin=tmin, s_tmax=tmax, s_noise=s_noise)
     assert (ours(sampler, diffusion).double() - x.clamp(-1, 1)).abs().max() < 1e-5
 
 

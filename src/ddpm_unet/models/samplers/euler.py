@@ -23,7 +23,7 @@ class Euler(TimelineSampler):
 
     name: ClassVar[str] = "euler"
     steps: int = 20
-    sigmas: SigmaSpacing = "karras"
+    sigmas: SigmaSpacing = "trailing"
     rho: float = 7.0
 
     def solve(
@@ -53,7 +53,7 @@ class EulerAncestral(TimelineSampler):
     name: ClassVar[str] = "euler_ancestral"
     steps: int = 20
     eta: float = 1.0
-    sigmas: SigmaSpacing = "karras"
+    sigmas: SigmaSpacing = "trailing"
     rho: float = 7.0
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ class Heun(TimelineSampler):
 
     name: ClassVar[str] = "heun"
     steps: int = 10
-    sigmas: SigmaSpacing = "karras"
+    sigmas: SigmaSpacing = "trailing"
     rho: float = 7.0
     s_churn: float = 0.0
     s_tmin: float = 0.0

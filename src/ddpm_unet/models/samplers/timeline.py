@@ -9,7 +9,9 @@ return to `x_t` at `sigma = 0`, where the two coincide.
 * **The grid** (`sigmas`): `steps` noise levels, descending, then 0:
   `karras` (Karras et al. eq. 5, `rho`, from sigma_max = sigma_{T-1} to sigma_min = sigma_0),
   `exponential` (uniform in log sigma over the same range), or `linspace` / `leading` /
-  `trailing`: the integer steps of `spaced_timesteps` and their exact sigmas.
+  `trailing`: the integer steps of `spaced_timesteps` and their exact sigmas (diffusers' Euler
+  family takes `linspace` unrounded, with sigma interpolated linearly in t; ours stays on the
+  steps the network was trained at).
 * **The network's t** for a noise level off the integer grid: linear interpolation of `t` in
   `log sigma` between the two neighbouring steps (k-diffusion's `DiscreteSchedule.sigma_to_t`
   and diffusers' `_sigma_to_t`; clamped to [0, T - 1]). On the integer spacings `t` is the step
