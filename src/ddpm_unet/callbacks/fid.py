@@ -31,13 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ddpm_unet.callbacks.sample_grid import check_positive_int, check_sampler
+from ddpm_unet.callbacks.sample_grid import check_positive_int
 from ddpm_unet.generation.core import sample_model
 from ddpm_unet.generation.guidance import ModelCalls, check_guidance_scale, resolve_labels
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
 from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weights_copy
 from ddpm_unet.metrics.reference_stats import select_indices
-from ddpm_unet.models.samplers import DDIM, Sampler
+from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
 from ddpm_unet.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class FIDCallback(L.Callback):
         self.num_samples = num_samples
         self.num_real = num_real
         self.real_split = real_split
-        self.sampler = check_sampler(sampler, DDIM(steps=25))
+        self.sampler = sampler_or_default(sampler, DDIM(steps=25))
         self.seed = seed
         self.batch_size = batch_size
         self.feature = feature

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm_unet.generation.core import sample_model
 from ddpm_unet.generation.guidance import check_guidance_scale
-from ddpm_unet.models.samplers import DDIM, Sampler
+from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
 
@@ -23,18 +23,6 @@ def check_positive_int(**values: object) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{name}={value!r} must be a whole number >= 1.")
-
-
-def check_sampler(sampler: object, default: Sampler) -> Sampler:
-    """`sampler` if it is a `Sampler`, `default` if None."""
-    if sampler is None:
-        return default
-    if not isinstance(sampler, Sampler):
-        raise UserError(
-            f"sampler={sampler!r} is not a sampler: give a config with _target_, e.g. "
-            "{_target_: ddpm_unet.models.samplers.ddim.DDIM, steps: 25}."
-        )
-    return sampler
 
 
 class SampleGrid(L.Callback):
@@ -68,7 +56,7 @@ class SampleGrid(L.Callback):
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
-        self.sampler = check_sampler(sampler, DDIM(steps=100))
+        self.sampler = sampler_or_default(sampler, DDIM(steps=100))
         self.seed = seed
         self.nrow = nrow or max(1, int(num_samples**0.5))
         self.upscale = upscale

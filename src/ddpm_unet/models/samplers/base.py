@@ -1,17 +1,20 @@
 """The sampler interface: the steps a sampler visits, one step, and the loop all samplers share.
 
 A sampler is a small dataclass built from `configs/sampler/<name>.yaml` (`_target_`). It gets
-`(x0, eps)` from `GaussianDiffusion.split_prediction`, so it works whatever the network's target,
-and computes its coefficients as float64 Python numbers (`diffusion.alpha_bar_at`). Adding one is
-a file here and a config: subclass `Sampler` (or `SpacedSampler`), set `name`, implement
-`timesteps` and `step` (keep what a multistep method needs between steps in `chain.memory`), and
-draw any noise with `chain.noise_like(x)`.
+`(x0, eps)` from the process (`GaussianDiffusion.split_prediction`, or `timeline.denoise` on the
+noise-level timeline), so it works whatever the network's target, and computes its coefficients
+as float64 Python numbers. It calls the network as `model(x, t)` only, `t` a `[N]` tensor (int64,
+or float32 for fractional timesteps). Adding one is a file here and a config: subclass
+`StepSampler` (one model call per visited integer step: implement `timesteps` and `step`) or
+`timeline.TimelineSampler` (a solver on sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t):
+implement `solve`), set `name`, keep what a multistep method needs between steps in
+`chain.memory`, and draw any noise with `chain.noise_like(x)`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -57,8 +60,8 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[i
     T = num_timesteps
     if not 1 <= steps <= T:
         raise UserError(
-            f"sampler.steps={steps} must be between 1 and num_timesteps={T} (the model's "
-            f"model.diffusion.num_timesteps): e.g. sampler.steps={min(50, T)}."
+            f"steps={steps} must be between 1 and num_timesteps={T} (the model's number of "
+            f"diffusion steps) with spacing={spacing!r}: e.g. steps={min(50, T)}."
         )
     k = np.arange(steps, dtype=np.float64)  # not a float-step arange: it can give one too many
     if spacing == "linspace":
@@ -76,7 +79,7 @@ class Chain:
     generator(s) (`Noise`), and `memory` for what a multistep method keeps between steps."""
 
     diffusion: GaussianDiffusion
-    timesteps: list[int]
+    timesteps: list[int]  # a timeline sampler's network timesteps may be fractional
     generator: Noise = None
     memory: dict[str, Any] = field(default_factory=dict)
 
@@ -100,22 +103,26 @@ class Chain:
 
 
 class Sampler(ABC):
-    """Reverse-process sampler: `timesteps`, `step`, and the shared loop `sample`."""
+    """Reverse-process sampler: `num_model_calls`, `settings`, and `sample`, which draws the
+    starting noise and hands the chain to `run`."""
 
     name: ClassVar[str]
 
     @abstractmethod
-    def timesteps(self, num_timesteps: int) -> list[int]:
-        """The steps visited, descending, for a process of `num_timesteps` steps."""
+    def num_model_calls(self, num_timesteps: int) -> int:
+        """Network evaluations per image for a process of `num_timesteps` steps (exact)."""
 
     @abstractmethod
-    def step(self, chain: Chain, i: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """`x` at step `chain.t(i)` and the model's `output` there (both `[N, C, H, W]`) -> `x`
-        at `chain.t_next(i)`."""
-
-    def num_model_calls(self, num_timesteps: int) -> int:
-        """Network evaluations per image (one per visited step)."""
-        return len(self.timesteps(num_timesteps))
+    def run(
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
+    ) -> torch.Tensor:
+        """Denoise `x` (`[N, C, H, W]`, pure noise in the process's scale) into images; `steps`
+        wraps the iterable of step indices (progress bars)."""
 
     def settings(self) -> dict[str, Any]:
         """Name and settings, for logs and `sample_info.json`: `{"sampler": "ddim", "steps": 50,
@@ -147,28 +154,63 @@ class Sampler(ABC):
                 f"generator is on {generator.device} but the model is on {device}: create it "
                 f"with torch.Generator(device={str(device)!r})."
             )
-        chain = Chain(diffusion, self.timesteps(diffusion.num_timesteps), generator)
+        chain = Chain(diffusion, [], generator)
         x = chain.noise(shape, device) if x_T is None else x_T.to(device, torch.float32)
-        iterator: Iterable[int] = range(len(chain.timesteps))
-        if progress is True:
-            from tqdm.auto import tqdm
 
-            iterator = tqdm(iterator, desc=f"{self.name} sampling", leave=False)
-        elif callable(progress):
-            iterator = progress(iterator)
+        def steps(iterable: Iterable[int]) -> Iterable[int]:
+            if progress is True:
+                from tqdm.auto import tqdm
+
+                return tqdm(iterable, desc=f"{self.name} sampling", leave=False)
+            return progress(iterable) if callable(progress) else iterable
 
         was_training = model.training
         model.eval()
         try:
-            for i in iterator:
-                t = torch.full((x.shape[0],), chain.t(i), device=device, dtype=torch.long)
-                x = self.step(chain, i, x, model(x, t))
+            x = self.run(model, diffusion, x, chain, steps)
         finally:
             model.train(was_training)
         return x.clamp(-1.0, 1.0)
 
 
-class SpacedSampler(Sampler):
+class StepSampler(Sampler):
+    """A sampler making one model call per visited integer step: `timesteps` and `step`."""
+
+    @abstractmethod
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        """The steps visited, descending, for a process of `num_timesteps` steps."""
+
+    @abstractmethod
+    def step(self, chain: Chain, i: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`x` at step `chain.t(i)` and the model's `output` there (both `[N, C, H, W]`) -> `x`
+        at `chain.t_next(i)`."""
+
+    def num_model_calls(self, num_timesteps: int) -> int:
+        """One per visited step."""
+        return len(self.timesteps(num_timesteps))
+
+    def run(
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        chain: Chain,
+        steps: Callable[[Iterable[int]], Iterable[int]],
+    ) -> torch.Tensor:
+        chain.timesteps = self.timesteps(diffusion.num_timesteps)
+        for i in steps(range(len(chain.timesteps))):
+            t = torch.full((x.shape[0],), chain.t(i), device=x.device, dtype=torch.long)
+            x = self.step(chain, i, x, model(x, t))
+        return x
+
+
+def check_steps(steps: Any) -> None:
+    """`steps` is a whole number >= 1 (its upper bound, T, is checked when sampling)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"steps={steps!r} must be a whole number >= 1, e.g. steps=50.")
+
+
+class SpacedSampler(StepSampler):
     """A sampler over `steps` of the `T` steps, chosen by `spacing` (`spaced_timesteps`); the
     dataclass subclass declares both fields with its defaults."""
 
@@ -176,61 +218,23 @@ class SpacedSampler(Sampler):
     spacing: Spacing
 
     def __post_init__(self) -> None:
-        # The upper bound of `steps`, T, is checked in `spaced_timesteps`.
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise UserError(
-                f"sampler.steps={self.steps!r} must be a whole number >= 1, e.g. sampler.steps=50."
-            )
+        check_steps(self.steps)
         if self.spacing not in SPACINGS:
             raise UserError(
-                f"sampler.spacing={self.spacing!r} is unknown: use one of {', '.join(SPACINGS)}."
+                f"spacing={self.spacing!r} is unknown: use one of {', '.join(SPACINGS)}."
             )
 
     def timesteps(self, num_timesteps: int) -> list[int]:
         return spaced_timesteps(num_timesteps, self.steps, self.spacing)
 
 
-def sampler_or_default(sampler: Any, key: str, default: Sampler) -> Sampler:
-    """`sampler` if it is a `Sampler` (built by Hydra from a nested config), `default` if None;
-    anything else is a `UserError` naming `key` (e.g. `callbacks.fid.sampler`)."""
+def sampler_or_default(sampler: Any, default: Sampler) -> Sampler:
+    """`sampler` if it is a `Sampler`, `default` if None; anything else is a `UserError`."""
     if sampler is None:
         return default
     if not isinstance(sampler, Sampler):
         raise UserError(
-            f"{key}={sampler!r} is not a sampler: give a config with _target_, e.g. "
-            f"{key}={{_target_: ddpm_unet.models.samplers.ddim.DDIM, steps: 25}}."
-        )
-    return sampler
-
-
-def build_sampler(config: Mapping[str, Any] | None, key: str = "sampler") -> Sampler:
-    """A `sampler:` config (`_target_` and settings, as in `configs/sampler/`) -> a `Sampler`
-    (DDPM when None). `key` is where the config sits (`sampler`, `callbacks.fid.sampler`): a
-    constructor's `UserError` (`sampler.steps=0`) comes out of Hydra's wrapper naming it."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    if config is None:
-        from ddpm_unet.models.samplers.ddpm import DDPM
-
-        return DDPM()
-    if not isinstance(config, Mapping) or "_target_" not in config:
-        raise UserError(
-            f"{key}={config!r} is not a sampler config: choose one of configs/sampler/ (ddpm, "
-            f"ddim, dpm_solver), or give a _target_ such as ddpm_unet.models.samplers.ddim.DDIM."
-        )
-    try:
-        sampler = instantiate(config, _convert_="object")
-    except InstantiationException as err:
-        cause = err.__cause__
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, UserError):  # its message names `sampler.`: name `key` instead
-            raise UserError(str(cause).replace("sampler.", f"{key}.")) from None
-        raise
-    if not isinstance(sampler, Sampler):
-        raise UserError(
-            f"{key}._target_={config['_target_']} built a {type(sampler).__name__}, not a "
-            f"ddpm_unet.models.samplers.Sampler."
+            f"sampler={sampler!r} is not a sampler: give a Sampler object (a config with "
+            f"_target_, e.g. {{_target_: ddpm_unet.models.samplers.ddim.DDIM, steps: 25}})."
         )
     return sampler

@@ -34,8 +34,8 @@ class DDIM(SpacedSampler):
         super().__post_init__()
         if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or self.eta < 0:
             raise UserError(
-                f"sampler.eta={self.eta!r} must be a number >= 0 (0: deterministic, 1: DDPM-like "
-                f"noise), e.g. sampler.eta=0.0."
+                f"eta={self.eta!r} must be a number >= 0 (0: deterministic, 1: DDPM-like "
+                f"noise), e.g. eta=0.0."
             )
 
     def step(self, chain: Chain, i: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

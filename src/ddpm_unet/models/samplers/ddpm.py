@@ -8,14 +8,14 @@ from typing import ClassVar
 
 import torch
 
-from ddpm_unet.models.samplers.base import Chain, Sampler
+from ddpm_unet.models.samplers.base import Chain, StepSampler
 
 
 @dataclass
-class DDPM(Sampler):
+class DDPM(StepSampler):
     """All `T` steps, `x_t -> x_{t-1}`: the posterior mean of `q(x_{t-1} | x_t, x0)` at the
-    predicted `x0` (clipped with `model.diffusion.clip_x0`, as in the original DDPM code), plus
-    noise of variance `beta_t` or the posterior's (`model.diffusion.variance`); none at `t = 0`.
+    predicted `x0` (clipped with the process's `clip_x0`, as in the original DDPM code), plus
+    noise of variance `beta_t` or the posterior's (the process's `variance`); none at `t = 0`.
 
     Without clipping and for an eps-model this equals Algorithm 2's
     `(x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z`.
