@@ -313,14 +313,14 @@ def test_a_planted_or_damaged_fid_cache_is_recomputed_before_sampling_without_ru
     # In-process: the bad entries are gone (with one warning each) before sampling starts.
     plant(entries, marker)
     seen_at_sampling: list[list[str]] = []
-    generate = evaluate.generate
+    generate = evaluate.generate_or_stop
 
-    def recording_generate(*a: Any, **k: Any) -> torch.Tensor:
+    def recording_generate(*a: Any, **k: Any) -> Any:
         seen_at_sampling.append([r.getMessage() for r in caplog.records if r.levelno >= 30])
         assert not any(e.exists() for e in entries), "bad cache entries left until after sampling"
         return generate(*a, **k)
 
-    monkeypatch.setattr(evaluate, "generate", recording_generate)
+    monkeypatch.setattr(evaluate, "generate_or_stop", recording_generate)
     with caplog.at_level(logging.WARNING):
         second = evaluate.run(compose_config("eval", args, tmp_path / "second"))
     (warnings,) = seen_at_sampling
@@ -460,7 +460,7 @@ def test_every_bad_inception_weights_file_gives_one_message_naming_it(
     cases = bad_weights(tmp_path / "bad", inception_state, marker)
     for case, (path, expected) in cases.items():
         with pytest.raises(InceptionWeightsError) as info:
-            resolve_inception_weights(path, config_key="inception_weights")
+            resolve_inception_weights(path)
         message = str(info.value)
         assert message.startswith(f"inception_weights={path} "), (case, message)
         assert expected in message, (case, message)
@@ -477,7 +477,7 @@ def test_every_bad_inception_weights_file_gives_one_message_naming_it(
     # The FID callback checks when it is built, i.e. before any training.
     with pytest.raises(InceptionWeightsError) as info:
         FIDCallback(inception_weights=planted, download=False)
-    assert f"callbacks.fid.inception_weights={planted} {refused}" in str(info.value)
+    assert str(info.value).startswith(f"inception_weights={planted} {refused}")
     # The environment variable and torch.hub's cache are named as such.
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(planted))
     with pytest.raises(InceptionWeightsError) as info:
@@ -547,7 +547,9 @@ def test_eval_refuses_planted_or_bad_inception_weights_before_sampling(
 ) -> None:
     cases = bad_weights(tmp_path / "bad", inception_state, marker)
     # In-process: random bytes and a state dict of another network stop eval before sampling.
-    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("sampling started"))
+    monkeypatch.setattr(
+        evaluate, "generate_or_stop", lambda *a, **k: pytest.fail("sampling started")
+    )
     for case in ("random bytes", "wrong keys"):
         path, expected = cases[case]
         cfg = compose_config("eval", eval_args(checkpoint, tmp_path / "cache", path), tmp_path)
@@ -579,5 +581,5 @@ def test_train_with_fid_refuses_planted_inception_weights_before_training(
         f"paths.log_dir={logs}",
     ]
     output = run_command("train.py", args)
-    assert f"error: callbacks.fid.inception_weights={planted} was refused" in output
+    assert f"error: callbacks.fid: inception_weights={planted} was refused" in output
     assert not list(logs.rglob("*.ckpt"))  # stopped before training

@@ -63,12 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not any(metric_flags.values()):
         raise UserError("metrics: every metric is off; enable at least one of fid/kid/isc/prc.")
     # 1. The weights before anything slow: a missing file must not cost a sampling run.
-    weights = resolve_inception_weights(
-        cfg.inception_weights,
-        download=bool(cfg.inception_download),
-        config_key="inception_weights",
-        download_key="inception_download",
-    )
+    weights = resolve_inception_weights(cfg.inception_weights, bool(cfg.inception_download))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 

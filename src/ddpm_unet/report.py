@@ -63,8 +63,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     logs = sorted(job_dir.glob("csv/version_*/metrics.csv"))
     csv = pd.concat([pd.read_csv(f) for f in logs]) if logs else pd.DataFrame()
 
-    def over_run(name: str, how: str, fallback: Any) -> float:
-        """`how` ("min", "mean") of metric `name` over the CSV log, else `fallback`."""
+    def over_run(name: str, how: str, fallback: Any) -> float:  # "min"/"mean" over the CSV log
         values = csv[name].dropna() if name in csv else []
         if len(values):
             return float(values.agg(how))

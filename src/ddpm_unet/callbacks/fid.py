@@ -128,9 +128,7 @@ class FIDCallback(L.Callback):
         self.subset_seed = subset_seed
         self.progress = progress
         # Resolved now: a missing file stops the run before any training or sampling.
-        self.weights_path = resolve_inception_weights(
-            inception_weights, download, config_key="inception_weights", download_key="download"
-        )
+        self.weights_path = resolve_inception_weights(inception_weights, download)
         self.inception: nn.Module | None = None  # built in `setup`, in each process
         self.fid: Any = None  # torchmetrics metrics, created at fit start
         self.kid: Any = None
@@ -192,8 +190,8 @@ class FIDCallback(L.Callback):
     def _add(
         self, images: torch.Tensor, real: bool, device: torch.device, show: bool = False
     ) -> None:
-        """Add the Inception features (`[n, feature]` float32) of uint8 `images` `[N, 1 or 3, H,
-        W]` to the metrics, in batches (the network is on `device`: `evaluate` put it there)."""
+        """Add the Inception features of uint8 `images` `[N, 1 or 3, H, W]` to the metrics, in
+        batches on `device`."""
         assert self.inception is not None
         batches = images.split(self.inception_batch_size)
         for batch in tqdm(batches, desc="FID: generated images' features", disable=not show):
@@ -254,18 +252,14 @@ class FIDCallback(L.Callback):
         )
         self._add(to_uint8(images), False, device, show)
 
-        fid = self.fid.compute()
+        fid = self.fid.compute().to(device).float()
         kid = None
         if self.kid is not None:
             self.kid.subset_size = min(self.kid_subset_size, self.num_samples, self._num_real_total)
-            kid = self.kid.compute()[0]
+            kid = self.kid.compute()[0].to(device).float()
             self.kid.reset()  # fake features only (reset_real_features=False)
         self.fid.reset()
         log.info(
-            "epoch %d: FID %.4f (%s model calls per image)",
-            trainer.current_epoch,
-            float(fid),
-            calls.nfe,
+            "epoch %d: FID %.4f (%s model calls per image)", trainer.current_epoch, fid, calls.nfe
         )
-        kid = None if kid is None else kid.to(device).float()
-        return fid.to(device).float(), kid, calls.nfe
+        return fid, kid, calls.nfe

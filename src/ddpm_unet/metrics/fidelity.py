@@ -81,8 +81,7 @@ class UInt8Images(Dataset[torch.Tensor]):
 
 
 class UInt8RGBView(Dataset[torch.Tensor]):
-    """A dataset of float images `[C, H, W]` in [-1, 1] (e.g. `reference_dataset()`) seen as uint8
-    `[3, H, W]`."""
+    """A dataset of float images `[C, H, W]` in [-1, 1] seen as uint8 `[3, H, W]`."""
 
     def __init__(self, dataset: Dataset[torch.Tensor]) -> None:
         self.dataset = dataset
@@ -118,10 +117,8 @@ def cpu_threads(device: torch.device) -> Iterator[int]:
 @contextmanager
 def channels_last_inception(device: torch.device) -> Iterator[None]:
     """Inside the block, torch-fidelity builds its InceptionV3 with channels-last weights when
-    `device` is the CPU (measured there; GPUs keep the library's default).
-
-    The entry of torch-fidelity's extractor registry is swapped for a subclass for the block only,
-    under the same name, so cache file names and everything else stay torch-fidelity's."""
+    `device` is the CPU: its registry entry is swapped for a subclass under the same name, so
+    cache file names and everything else stay torch-fidelity's."""
     if device.type != "cpu":
         yield
         return
@@ -165,26 +162,21 @@ def fidelity_metrics(
 
     Args:
         samples, reference: datasets of uint8 `[3, H, W]` tensors (`UInt8Images`, `UInt8RGBView`).
-        weights_path: the InceptionV3 weights file (`resolve_inception_weights`), passed
-            explicitly so torch-fidelity never downloads; it is read as data and checked here,
-            and torch-fidelity loads a private copy (`verified_weights_copy`).
+        weights_path: the InceptionV3 weights file (`resolve_inception_weights`): torch-fidelity
+            never downloads, and loads a checked private copy (`verified_weights_copy`).
         fid, kid, isc, prc: which metrics; ISC is computed on `samples` only. Precision/recall use
             the Inception 2048-d features (torch-fidelity's default for them is VGG-16, whose
             weights would be a second download), so they are not comparable with VGG-based ones.
         feature_layer_fid: Inception layer of FID and KID ("64", "192", "768", "2048").
         kid_subset_size: clamped to the smaller set's size (torch-fidelity refuses larger ones).
         reference_cache_name: when given, the reference features are cached under this name in
-            `cache_root` (default torch-fidelity's, `$TORCH_HOME/fidelity_cache`) as `.npz` files
-            and read back next time (`reference_stats.torch_fidelity_cache`).
+            `cache_root` (`reference_stats.torch_fidelity_cache`).
         save_cpu_ram: load in the main process (no DataLoader workers) and compute
             precision/recall in parts.
 
     Returns:
         `{"fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "f_score"}`,
         the requested ones.
-
-    Raises:
-        InceptionWeightsError: `weights_path` is not an InceptionV3 weights file.
     """
     import torch_fidelity
 
@@ -202,8 +194,7 @@ def fidelity_metrics(
     from ddpm_unet.metrics.reference_stats import torch_fidelity_cache
 
     device = torch.device(device)
-    # torch-fidelity unpickles the weights file and its cache files unrestricted: it gets private
-    # copies written from checked tensors and validated arrays, never the user's files.
+    # torch-fidelity unpickles the weights and cache files unrestricted: it gets private copies.
     if reference_cache_name is None:
         cache: AbstractContextManager[Path | None] = nullcontext()
     else:

@@ -1,17 +1,14 @@
 """Where the InceptionV3 weights of FID/KID/IS come from, read as data and checked up front.
 
-torch-fidelity and torchmetrics use one file, `weights-inception-2015-12-05-6726825d.pth`
-(~95 MB, the TensorFlow InceptionV3 ported to PyTorch), and download it themselves deep inside a
-metric, after minutes of sampling. So every entry point resolves it first
-(`resolve_inception_weights`): the config value, else `$DDPM_UNET_INCEPTION_WEIGHTS`, else
-torch.hub's cache (where both libraries look), else a download into that cache with timeouts,
-else `InceptionWeightsNotFoundError` saying where to put the file.
+torch-fidelity and torchmetrics use one file (~95 MB, the TensorFlow InceptionV3 ported to
+PyTorch) and download it themselves deep inside a metric, after minutes of sampling. So every entry
+point resolves it first (`resolve_inception_weights`): the given path, else
+`$DDPM_UNET_INCEPTION_WEIGHTS`, else torch.hub's cache (where both libraries look), else a download
+into that cache with timeouts, else `InceptionWeightsNotFoundError` saying where to put the file.
 
 Both libraries `torch.load` the file with `weights_only=False`, which would run a planted pickle.
-So the user's file is only read here, as data (`load_inception_weights`: exactly the extractor's
-float tensors), and the libraries get a private copy written from the checked tensors
-(`verified_weights_copy`). `make_random_inception_weights` writes a seeded random file of the same
-format: the real code paths without the download, for tests and benchmarks.
+So the user's file is only read here, as data (`load_inception_weights`), and the libraries get a
+private copy written from the checked tensors (`verified_weights_copy`).
 """
 
 from __future__ import annotations
@@ -68,7 +65,7 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
 
 
-def weights_not_found(reason: str, config_key: str) -> InceptionWeightsNotFoundError:
+def weights_not_found(reason: str) -> InceptionWeightsNotFoundError:
     """The error: what is missing, why, and the three ways to provide it."""
     cache = default_weights_path()
     name = INCEPTION_WEIGHTS_FILENAME
@@ -77,7 +74,7 @@ def weights_not_found(reason: str, config_key: str) -> InceptionWeightsNotFoundE
         f"FID, KID and the Inception Score need the weights torch-fidelity uses (~95 MB). "
         f"Provide them in one of these ways:\n"
         f"  * put the file in the cache directory {cache.parent}/ (found automatically), or\n"
-        f"  * set the config value {config_key}=/path/to/{name}, or\n"
+        f"  * set inception_weights=/path/to/{name}, or\n"
         f"  * set the environment variable {INCEPTION_WEIGHTS_ENV}=/path/to/{name}.\n"
         f"On a machine with internet access, download it from {INCEPTION_WEIGHTS_URL} "
         f"(or run torch-fidelity once there, which fills {cache.parent}/) and copy it over."
@@ -85,11 +82,8 @@ def weights_not_found(reason: str, config_key: str) -> InceptionWeightsNotFoundE
 
 
 def _check_reachable(url: str) -> None:
-    """Raise `OSError` if the host of `url` cannot be resolved within `CONNECT_TIMEOUT_S`.
-
-    The lookup runs in a daemon thread: `getaddrinfo` ignores socket timeouts, and on a machine
-    without network it may otherwise block for a long time.
-    """
+    """Raise `OSError` if the host of `url` cannot be resolved within `CONNECT_TIMEOUT_S` (in a
+    daemon thread: `getaddrinfo` ignores socket timeouts)."""
     host = urllib.parse.urlsplit(url).hostname or ""
     outcome: list[BaseException | None] = []
 
@@ -110,10 +104,8 @@ def _check_reachable(url: str) -> None:
 
 
 def download_weights(destination: Path, url: str = INCEPTION_WEIGHTS_URL) -> None:
-    """Download `url` to `destination`, atomically (`atomic_write`), with a progress bar.
-
-    The socket timeout is this request's own (`urlopen(timeout=...)`), not the process-wide
-    default: other threads' connections (W&B, a DataLoader) keep theirs.
+    """Download `url` to `destination`, atomically, with a progress bar. The socket timeout is
+    this request's own, not the process-wide default that other threads (W&B, ...) use.
 
     Raises:
         OSError: the host cannot be reached or the transfer stalls (timeouts above).
@@ -138,21 +130,17 @@ def download_weights(destination: Path, url: str = INCEPTION_WEIGHTS_URL) -> Non
 
 
 def resolve_inception_weights(
-    path: str | os.PathLike[str] | None = None,
+    inception_weights: str | os.PathLike[str] | None = None,
     download: bool = True,
-    config_key: str = "inception_weights",
-    download_key: str | None = None,
     url: str = INCEPTION_WEIGHTS_URL,
 ) -> Path:
     """The path of a usable InceptionV3 weights file (checked by `load_inception_weights`), found
     as the module docstring says.
 
     Args:
-        path: the config value (None or "" when unset).
+        inception_weights: the file (None or "" when unset).
         download: fetch the file into torch.hub's cache when it is nowhere else.
-        config_key: the config key of `path`, named in the error message.
-        download_key: the config key of `download`, named when downloading is disabled.
-        url: where to download from (torch-fidelity's address).
+        url: where to download from.
 
     Raises:
         InceptionWeightsNotFoundError: the file is missing and cannot be downloaded.
@@ -161,31 +149,27 @@ def resolve_inception_weights(
     env_value = os.environ.get(INCEPTION_WEIGHTS_ENV, "")
     env_source = f"the environment variable {INCEPTION_WEIGHTS_ENV}={env_value}"
     for value, source, missing in (
-        (path, f"{config_key}={path}", "does not exist"),
+        (inception_weights, f"inception_weights={inception_weights}", "does not exist"),
         (env_value, env_source, "names a file that does not exist"),
     ):
         if value not in (None, ""):
             file = Path(os.fspath(value)).expanduser()
             if not file.is_file():
-                raise weights_not_found(f"{source} {missing}", config_key)
+                raise weights_not_found(f"{source} {missing}")
             load_inception_weights(file, source)
             return file
     cached = default_weights_path()
     if cached.is_file():
-        fix = f"delete it ({cached}) to download it again, or set {config_key}=/path/to/the/file"
+        fix = f"delete it ({cached}) to download it again, or set inception_weights=/path/to/it"
         load_inception_weights(cached, f"the cached weights file {cached}", fix)
         return cached
     if not download:
-        switch = f" ({download_key}=false)" if download_key else ""
-        reason = f"it is not in the cache {cached} and downloading is disabled{switch}"
-        raise weights_not_found(reason, config_key)
+        raise weights_not_found(f"it is not in the cache {cached} and downloading is disabled")
     try:
         download_weights(cached, url)
     except Exception as err:  # no network, proxy, HTTP error, disk: all mean "not available"
         failed = f"downloading it failed ({type(err).__name__}: {err})"
-        raise weights_not_found(
-            f"it is not in the cache {cached} and {failed}", config_key
-        ) from err
+        raise weights_not_found(f"it is not in the cache {cached} and {failed}") from err
     try:
         load_inception_weights(cached, f"the file downloaded from {url} to {cached}")
     except InceptionWeightsError:
@@ -223,19 +207,17 @@ def load_inception_weights(
     path: str | os.PathLike[str], source: str | None = None, fix: str = PUBLISHED_FILE
 ) -> dict[str, torch.Tensor]:
     """The state dict `{name: tensor}` of InceptionV3 weights file `path`, read as data only
-    (`read_torch_file`): float tensors with exactly the names and shapes of torch-fidelity's
-    `FeatureExtractorInceptionV3` (`expected_weight_shapes`; the `*.num_batches_tracked`
-    counters may be absent, as in the published file).
+    (`read_torch_file`): float tensors with exactly the names and shapes of
+    `expected_weight_shapes` (the `*.num_batches_tracked` counters may be absent).
 
     Args:
         source: how the user named the file (`inception_weights=/x.pth`), for messages.
-        fix: what the message advises (by default the published file and its address, never
-            torch's advice to load with fewer restrictions).
+        fix: what the message advises (never torch's advice to load with fewer restrictions).
 
     Raises:
         InceptionWeightsError: naming the file and saying what it is instead: unreadable, empty,
-            no torch.save file, refused (it holds Python objects: nothing of it was run), not a
-            dict of tensors, or the weights of another network (which names/shapes differ).
+            refused (it holds Python objects: nothing of it was run), not a dict of tensors, or
+            the weights of another network (which names/shapes differ).
     """
     name = source or f"the InceptionV3 weights file {os.fspath(path)}"
     state = read_torch_file(
@@ -278,11 +260,7 @@ def verified_weights_copy(
 ) -> Iterator[Path]:
     """A private copy of weights file `path`, written from the tensors `load_inception_weights`
     accepted, in a folder only this user can enter; deleted on exit. What torch-fidelity and
-    torchmetrics (which unpickle with `weights_only=False`) get instead of the user's file.
-
-    Raises:
-        InceptionWeightsError: as `load_inception_weights`.
-    """
+    torchmetrics get instead of the user's file."""
     state = load_inception_weights(path, source)
     with tempfile.TemporaryDirectory(prefix="ddpm-unet-inception-") as folder:  # mode 0700
         copy = Path(folder) / INCEPTION_WEIGHTS_FILENAME

@@ -168,8 +168,8 @@ def cache_files(cache_root: str | os.PathLike[str], cache_name: str) -> dict[str
 
 
 def read_cache_entry(path: str | os.PathLike[str]) -> CacheItem:
-    """One cache entry as torch-fidelity holds it in memory, read from its `.npz` file with
-    `np.load(allow_pickle=False)` (numbers only): a tensor or the FID statistics dict.
+    """One cache entry as torch-fidelity holds it in memory (a tensor or the FID statistics
+    dict), read from its `.npz` file with `np.load(allow_pickle=False)`.
 
     Raises:
         ValueError, OSError, EOFError, zipfile.BadZipFile: not such a file (see `_cache_problem`).
@@ -192,8 +192,7 @@ def read_cache_entry(path: str | os.PathLike[str]) -> CacheItem:
 
 
 def write_cache_entry(path: str | os.PathLike[str], item: CacheItem) -> None:
-    """Store a torch-fidelity cache item as `.npz` (see `read_cache_entry`), atomically
-    (`atomic_write`): a killed run never leaves half a file under its name."""
+    """Store a torch-fidelity cache item as `.npz` (see `read_cache_entry`), atomically."""
     if isinstance(item, torch.Tensor):
         arrays = {"tensor": item.detach().cpu().numpy()}
     else:
@@ -247,8 +246,7 @@ def torch_fidelity_cache(
 ) -> Iterator[Path]:
     """A private `cache_root` for one torch-fidelity call on the reference set `cache_name`,
     holding copies of its valid `.npz` entries; what torch-fidelity computes there is stored back
-    into `cache_root` (default torch-fidelity's, `$TORCH_HOME/fidelity_cache`) as `.npz` when the
-    call succeeds (read with `weights_only=True`)."""
+    into `cache_root` (default `$TORCH_HOME/fidelity_cache`) as `.npz` when the call succeeds."""
     root = Path(cache_root or Path(torch.hub.get_dir()).parent / "fidelity_cache")
     root.mkdir(parents=True, exist_ok=True)
     # Beside the cache (same filesystem): the features of 50,000 images are hundreds of MB.
