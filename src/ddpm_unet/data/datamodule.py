@@ -31,16 +31,15 @@ from ddpm_unet.utils.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def per_device_batch_size(batch_size: int, world_size: int, world: str = "devices x nodes") -> int:
-    """The global `batch_size` split evenly over `world_size` processes (`world` says where that
-    number comes from); a `UserError` if it does not divide. `setup` and the early config check
-    (before the trainer exists) both call it."""
+def per_device_batch_size(batch_size: int, world_size: int) -> int:
+    """The global `batch_size` split evenly over `world_size` processes; a `UserError` if it does
+    not divide."""
     if batch_size % world_size:
         lower = batch_size // world_size * world_size
         options = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
         raise UserError(
             f"batch_size={batch_size} is the global batch size and must be divisible by the "
-            f"world size {world_size} ({world}); set batch_size to a multiple of "
+            f"world size {world_size} (devices x nodes); set batch_size to a multiple of "
             f"{world_size}, e.g. {options}, or change the number of devices."
         )
     return batch_size // world_size
@@ -150,8 +149,7 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         # logger=False: these are data settings, stored in checkpoints but not as run metrics.
         self.save_hyperparameters(logger=False)
-        # Until setup() knows the world size, assume one process.
-        self.world_size = 1
+        self.world_size = 1  # until setup() knows it
         self.batch_size_per_device = batch_size
         self.train_dataset: ImageDataset | PrecomputedImages | None = None
         self.val_dataset: ImageDataset | PrecomputedImages | None = None

@@ -1,12 +1,9 @@
 """The image sources, the image transform, and clear errors for missing data.
 
-`ImageDataset` turns any source into float tensors `[channels, height, width]` in [-1, 1],
-with their integer class labels when asked (every source but CelebA has them; each source's
-`classes` attribute names them). Sources: `digits`, scikit-learn's bundled 8x8 digits
-(offline); torchvision's classes, through their public constructors only (which check their own
-files; with `download=True` they check first, so present files never touch the network);
-`folder` (`ddpm_unet.data.folder`). Missing files and failed downloads end in an error naming
-every expected file with its state and how to get it.
+Sources: scikit-learn's bundled 8x8 `digits` (offline); torchvision's classes, through their
+public constructors only (they check their own files, and present files never touch the
+network); `folder` (`ddpm_unet.data.folder`). Missing files and failed downloads end in an error
+naming every expected file with its state and how to get it.
 """
 
 from __future__ import annotations
@@ -112,10 +109,9 @@ def build_transform(image_size: int, image_channels: int, random_flip: bool) -> 
 
 
 class ImageDataset(Dataset[Any]):
-    """`source[indices[i]]` (an image, PIL or `[C, H, W]`, or an `(image, target, ...)` tuple as
-    torchvision's classes and `TensorDataset` return) passed through `transform` (e.g.
-    `build_transform(...)`, giving `[C, H, W]` float in [-1, 1]); with `with_labels`, the pair
-    `(image, int(target))`, else the image alone."""
+    """`source[indices[i]]` (an image, PIL or `[C, H, W]`, or an `(image, target, ...)` tuple)
+    passed through `transform` (e.g. `build_transform(...)`: `[C, H, W]` float in [-1, 1]); with
+    `with_labels`, the pair `(image, int(target))`."""
 
     def __init__(
         self,
@@ -238,11 +234,10 @@ def load_torchvision_split(
     """The torchvision dataset `name`, split `"train"` or `"val"`, items `(PIL image, target)`.
 
     `val` is the official held-out split: the test set of MNIST, Fashion-MNIST and CIFAR-10, and
-    CelebA's `valid` partition (its `test` partition is left unused). Raises
-    `DatasetNotFoundError` when the class's own check of its files fails and not `download`,
-    `DatasetDownloadError` when the download fails or leaves them wrong. No socket timeout is
-    set for the download: torchvision's downloader takes none, and `socket.setdefaulttimeout`
-    would change every socket of the process; the download is logged first, with the manual way.
+    CelebA's `valid` partition. Raises `DatasetNotFoundError` when the files are missing and not
+    `download`, `DatasetDownloadError` when the download fails or leaves them wrong. No socket
+    timeout is set (`socket.setdefaulttimeout` would change every socket of the process); the
+    download is logged first, with the manual way.
     """
     cls, root = TORCHVISION_DATASETS[name], os.fspath(root)
     # CelebA with target_type=[]: no targets are built (items are (image, None)); the class
@@ -264,15 +259,13 @@ def load_torchvision_split(
                 cls, root, f"Dataset {name!r} not found under {where} and download=False."
             )
         )
-    how_to_get = _expected_files(cls, root)[1]
     log.info(
         f"Dataset {name!r} not found under {where}: downloading it. If the download stalls, "
-        f"stop it and {how_to_get}."
+        f"stop it and {_expected_files(cls, root)[1]}."
     )
-    # Any exception: downloads fail in many ways (URLError, socket errors, HTTP errors wrapped in
-    # RuntimeError by the MNIST mirror loop, gdown missing, a truncated archive, the files still
-    # failing their check), and each should end in the same actionable message, with the
-    # original kept as __cause__.
+    # Any exception: downloads fail in many ways (URLError, socket errors, MNIST's mirror loop's
+    # RuntimeError, gdown missing, a truncated archive, files still failing their check); each
+    # ends in the same actionable message, with the original kept as __cause__.
     try:
         return cls(root, download=True, **kwargs)
     except Exception as err:

@@ -56,11 +56,8 @@ def find_image_files(root: Path) -> list[Path]:
 
 
 def list_folder_images(root: str | os.PathLike[str]) -> list[Path]:
-    """The image files under `root` (`~` expanded), without opening them.
-
-    Raises:
-        DatasetNotFoundError: `root` is missing, not a folder, or has no image file.
-    """
+    """The image files under `root` (`~` expanded), without opening them; `DatasetNotFoundError`
+    if `root` is missing, not a folder, or has no image file."""
     root = Path(root).expanduser()
     hint = "Set root to a folder holding PNG/JPEG images (at any depth)."
     if not root.exists():
@@ -135,7 +132,6 @@ class ImageFolderDataset(Dataset[Any]):
             readable = list(pool.map(is_readable_image, candidates))
         self.files = [path for path, ok in zip(candidates, readable) if ok]
         self.bad_files = [path for path, ok in zip(candidates, readable) if not ok]
-
         if self.bad_files:
             first = ", ".join(str(p) for p in self.bad_files[:5])
             log.warning(

@@ -104,7 +104,6 @@ class GaussianDiffusion(nn.Module):
             # Computed in float64 for accuracy near t = 0, stored in float32 for training.
             self.register_buffer(name, value.float(), persistent=False)
 
-    # ----------------------------------------------------------------- forward process and loss
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sample `x_t ~ q(x_t | x_0)`: `sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise`.
 
@@ -152,7 +151,6 @@ class GaussianDiffusion(nn.Module):
             per_image = self.min_snr_weight[t] * per_image
         return per_image.mean()
 
-    # ----------------------------------------------------------------- for the samplers
     def alpha_bar_at(self, t: int) -> float:
         """`alpha_bar_t` as a float64 Python number; `t < 0` means the clean data (1.0)."""
         return 1.0 if t < 0 else float(self.alpha_bar64[t])

@@ -1,15 +1,12 @@
 """The LightningModule: trains a network with a diffusion process, keeps its EMA weights.
 
 It receives its parts built by Hydra, as lightning-hydra-template's modules do (see "Beyond the
-network" in `docs/design.md`), and logs `train/loss`, and `val/loss` and `val/loss_ema` (the raw
-and the EMA weights on the same seeded steps and noise, so they compare across epochs and with
-each other). The EMA (`torch.optim.swa_utils.AveragedModel`) is updated once per optimiser step,
-saved in checkpoints and used for sampling.
+network" in `docs/design.md`), and logs `train/loss`, `val/loss` and `val/loss_ema`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -53,7 +50,8 @@ class EMAUpdate:
 
 
 class LitDiffusion(L.LightningModule):
-    """Diffusion training of a network `net`.
+    """Diffusion training of a network `net`, with an EMA copy (`AveragedModel`) updated once
+    per optimiser step, saved in checkpoints and sampled from.
 
     * `net`: `net(x [b, C, H, W], t [b]) -> [b, C, H, W]` (a `UNet`, or any module with that
       call); a net with a `num_classes` attribute that is not None is class-conditional and is
@@ -114,9 +112,7 @@ class LitDiffusion(L.LightningModule):
         self.num_classes: int | None = getattr(net, "num_classes", None)
         self.class_names: list[str] | None = None  # the data module's, at setup
         self.image_size = image_size
-        self.image_channels = (
-            image_channels if image_channels is not None else int(net.image_channels)
-        )
+        self.image_channels = image_channels or int(net.image_channels)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Before the EMA copy is made, so that both hold their weights in the same layout.
         self.net.to(memory_format=self.memory_format)
@@ -127,7 +123,6 @@ class LitDiffusion(L.LightningModule):
         self.ema.requires_grad_(False)
         self._compiled_net: Any = None  # set in configure_model when `compile`
 
-    # ----------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         """Take the data module's `class_names`; `UserError` if its labels do not fit the net
         (Lightning sets the data module up first, before any step)."""
@@ -155,7 +150,6 @@ class LitDiffusion(L.LightningModule):
         """Parameters of the network (the EMA copy not counted)."""
         return sum(p.numel() for p in self.net.parameters())
 
-    # ----------------------------------------------------------------- training
     def _images_and_labels(
         self, batch: Any, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -216,7 +210,6 @@ class LitDiffusion(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
 
-    # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
@@ -235,7 +228,6 @@ class LitDiffusion(L.LightningModule):
         # rebuilt it); the stored one is for readers of the file alone.
         self.class_names = checkpoint.get("class_names")
 
-    # ----------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample_images(
         self,
@@ -245,18 +237,15 @@ class LitDiffusion(L.LightningModule):
         batch_size: int | None = None,
         use_ema: bool = True,
         progress: Progress = False,
-        indices: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Images `indices` (default: all) of a run of `num_samples`, `[len(indices),
-        image_channels, image_size, image_size]` in [-1, 1], by `generation.core.generate_images`
-        (image `i` depends only on `seed`, `sampler` and `i`). `sampler`: DDPM over all T steps
-        when None; `seed=None`: a random one; the other arguments as `generate_images`.
-        """
+        """`[num_samples, image_channels, image_size, image_size]` in [-1, 1], unconditional, by
+        `generation.core.generate_images` (image `i` depends only on `seed`, `sampler` and `i`).
+        `sampler`: DDPM over all T steps when None; `seed=None`: a random one."""
         return generate_images(
             self.ema.module if use_ema else self.net,
             self.diffusion,
             DDPM() if sampler is None else sampler,
-            range(num_samples) if indices is None else indices,
+            range(num_samples),
             random_seed() if seed is None else seed,
             (self.image_channels, self.image_size, self.image_size),
             effective_model_batch(DEFAULT_MODEL_BATCH, num_samples),

@@ -1,13 +1,11 @@
-"""Learning-rate schedules, named under `scheduler:` in `configs/model/*.yaml`. Built with their
-settings (which they check then); `LitDiffusion.configure_optimizers` calls one with the
-optimiser and the run's length in optimiser steps (`trainer.estimated_stepping_batches`, known
-only once the trainer has the data).
+"""Learning-rate schedules: built with their settings, then called by
+`LitDiffusion.configure_optimizers` with the optimiser and the run's length in optimiser steps
+(known only once the trainer has the data).
 
-The run length is never saved in a checkpoint: `LambdaLR` saves the attributes of a callable
-object it is given (`__dict__`), and a run resumed with more steps (`trainer.max_epochs` raised)
-then restored the old length and trained at learning rate 0. The multiplier is a
-`functools.partial`, whose arguments are not in its `__dict__`: a resumed run's schedule is
-re-planned over the new run's length, continuing from the step reached.
+The run length is never saved in a checkpoint: `LambdaLR` saves the `__dict__` of a callable
+object it is given, so a run resumed with more steps restored the old length and trained at
+learning rate 0. The multiplier is a `functools.partial`, whose arguments are not in its
+`__dict__`: a resumed run's schedule is re-planned over the new length, from the step reached.
 """
 
 from __future__ import annotations
@@ -73,8 +71,7 @@ class WarmupCosine:
                 "decay=cosine needs a known run length (max_steps or max_epochs of the trainer)."
             )
         if self.decay == "cosine" and total_steps <= warmup:
-            # A debug run (debug=fdr, debug=limit) of the default recipe ends inside the
-            # warm-up: nothing to decay; say so rather than refuse the run.
+            # A debug run of the default recipe ends inside the warm-up: say so, not refuse it.
             log.warning(
                 "decay=cosine: the run has only %d optimiser steps, within warmup_steps=%d, so "
                 "the learning rate only warms up.",
@@ -83,7 +80,7 @@ class WarmupCosine:
             )
         elif self.decay == "cosine":
             total = int(total_steps)
-        return ReplannedLambdaLR(
-            optimizer,
-            functools.partial(lr_factor, warmup=warmup, total=total, min_ratio=self.min_lr_ratio),
+        factor = functools.partial(
+            lr_factor, warmup=warmup, total=total, min_ratio=self.min_lr_ratio
         )
+        return ReplannedLambdaLR(optimizer, factor)

@@ -95,9 +95,9 @@ def make_betas(name: str, num_timesteps: int, **kwargs: Any) -> torch.Tensor:
     takes = list(inspect.signature(SCHEDULES[name]).parameters)[1:]  # after num_timesteps
     for key in kwargs:
         if key not in takes:
-            uses = ", ".join(takes) if takes else "no arguments"
             raise UserError(
                 f"schedule_kwargs has {key}, but the {name} schedule does not use {key} (it "
-                f"takes {uses}): remove it, or choose a schedule that uses it."
+                f"takes {', '.join(takes) or 'no arguments'}): remove it, or choose a schedule "
+                "that uses it."
             )
     return SCHEDULES[name](num_timesteps, **kwargs).to(torch.float64)

@@ -107,19 +107,18 @@ class AttentionBlock(nn.Module):
       has one call signature)
     * out: `[batch, n_channels, height, width]`
 
-    `d_k` defaults to `n_channels // n_heads` (the seed's `d_k = n_channels` for one head).
+    Each head has `d_k = n_channels // n_heads` dimensions (the seed's `d_k = n_channels` for one).
     """
 
     def __init__(
         self,
         n_channels: int,
         n_heads: int = 1,
-        d_k: int | None = None,
         n_groups: int = 32,
         backend: AttentionBackend = "sdpa",
     ) -> None:
         super().__init__()
-        d_k = n_channels // n_heads if d_k is None else d_k
+        d_k = n_channels // n_heads
         self.norm = nn.GroupNorm(n_groups, n_channels)
         self.projection = nn.Linear(n_channels, n_heads * d_k * 3)
         self.output = nn.Linear(n_heads * d_k, n_channels)
@@ -245,22 +244,21 @@ class UNet(nn.Module):
     """The DDPM noise-prediction U-Net: `eps = unet(x_t, t)`, or `unet(x_t, t, y)` with classes.
 
     * `image_channels`: channels of the image (3 for RGB, 1 for grayscale)
-    * `n_channels`: channels of the first feature map (the image is projected to it by a 3x3 conv);
-      a multiple of 8 (the final GroupNorm has 8 groups)
+    * `n_channels`: channels of the first feature map (a 3x3 conv projects the image to it); a
+      multiple of 8 (the final GroupNorm has 8 groups)
     * `ch_mults`: level `i` has `n_channels * ch_mults[i]` channels; there are `len(ch_mults)`
       resolutions, each half the previous one
     * `is_attn`: whether the blocks of level `i` have self-attention
     * `n_blocks`: `DownBlock`s per level (the second half has `n_blocks + 1` `UpBlock`s per level,
       the extra one consuming the skip taken before the level's blocks)
     * `n_groups`: GroupNorm groups in every residual and attention block (the final norm uses 8)
-    * `dropout`: dropout rate inside residual blocks
-    * `n_heads`: attention heads
+    * `dropout` (inside residual blocks), `n_heads` (attention heads)
     * `attn_backend`: `"sdpa"` (fused `F.scaled_dot_product_attention`, the default) or
       `"einsum"` (the spec's two einsums; for reference and benchmarks)
     * `image_size`: if given, checked here to halve through the levels (`check_image_size`)
-    * `num_classes`: None for an unconditional net; else a class embedding
-      (`num_classes + 1` rows, the last one the "no class" token) is added to the time
-      embedding, as in guided-diffusion and diffusers' `UNet2DModel(num_class_embeds=...)`
+    * `num_classes`: None for an unconditional net; else a class embedding (`num_classes + 1`
+      rows, the last one the "no class" token) is added to the time embedding, as in
+      guided-diffusion and diffusers' `UNet2DModel(num_class_embeds=...)`
 
     * in: `x` `[batch, image_channels, height, width]` with `height` and `width` divisible by
       `2 ** (len(ch_mults) - 1)`; `t` `[batch]` (integer or fractional steps); `y` `[batch]`
@@ -337,12 +335,7 @@ class UNet(nn.Module):
         """Raise `UserError` unless square images of side `image_size` halve without remainder
         through this U-Net's levels (else the skips and the up path differ in size)."""
         factor = 2 ** (len(self.ch_mults) - 1)
-        if (
-            isinstance(image_size, bool)
-            or not isinstance(image_size, int)
-            or image_size < 1
-            or (image_size % factor)
-        ):
+        if not _is_whole(image_size) or image_size % factor:
             raise UserError(
                 f"image_size={image_size!r} does not halve through the {len(self.ch_mults)} "
                 f"levels of ch_mults={list(self.ch_mults)}: use a positive multiple of {factor} "
@@ -373,6 +366,11 @@ class UNet(nn.Module):
         return self.final(self.act(self.norm(x)))
 
 
+def _is_whole(value: Any, low: int = 1) -> bool:
+    """Whether `value` is an int (not a bool) >= `low`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def _check_arguments(
     image_channels: Any,
     n_channels: Any,
@@ -390,12 +388,10 @@ def _check_arguments(
     returns `ch_mults` as a tuple."""
     whole = dict(
         image_channels=image_channels, n_channels=n_channels, n_blocks=n_blocks,
-        n_groups=n_groups, n_heads=n_heads,
+        n_groups=n_groups, n_heads=n_heads, num_classes=num_classes,
     )  # fmt: skip
-    if num_classes is not None:
-        whole["num_classes"] = num_classes
     for name, value in whole.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_whole(value) and not (name == "num_classes" and value is None):
             raise UserError(f"{name}={value!r} must be a whole number >= 1.")
     if isinstance(ch_mults, str) or not isinstance(ch_mults, Sequence) or not ch_mults:
         raise UserError(
@@ -403,14 +399,13 @@ def _check_arguments(
             "resolution, e.g. [1, 2, 2]."
         )
     mults = tuple(ch_mults)
-    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults):
+    if not all(_is_whole(m) for m in mults):
         raise UserError(f"ch_mults={list(mults)} must hold whole numbers >= 1, e.g. [1, 2, 2].")
     flags = list(is_attn) if isinstance(is_attn, Sequence) and not isinstance(is_attn, str) else []
     if len(flags) != len(mults) or not all(isinstance(f, bool) for f in flags):
         raise UserError(
             f"is_attn={flags or is_attn!r} must hold one true/false per entry of ch_mults="
-            f"{list(mults)}, "
-            f"e.g. {[False] * len(mults)}."
+            f"{list(mults)}, e.g. {[False] * len(mults)}."
         )
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise UserError(f"dropout={dropout!r} must be a number from 0 up to (not including) 1.")
