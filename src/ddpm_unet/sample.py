@@ -1,16 +1,13 @@
 """Sampling from a checkpoint (`python sample.py ckpt_path=... num_samples=N` calls `run`).
 
-Writes into the run's output directory `samples.npz` (key `images`, uint8 `[N, H, W, C]`, and for
-a class-conditional checkpoint `labels`, int64 `[N]`), `grid.png` (ordered by class), with
-`save_pngs=true` one `pngs/000000.png` per image, and `sample_info.json` (checkpoint, sampler,
-model calls per image `nfe`, seed, labels, guidance scale, time, images per second). Generation
-(`ddpm_unet.generation.predict`) runs on the devices of the `trainer` group, gives the same
-`samples.npz` bytes for any `batch_size` and number of devices, stops on SIGTERM/Ctrl-C within
-one denoising step (exit status 128 + the signal), and continues an interrupted run in the same
-`hydra.run.dir` from its shards.
+Writes into the output directory `samples.npz` (`images` uint8 `[N, H, W, C]`; `labels` int64
+`[N]` for a class-conditional checkpoint), `grid.png` (ordered by class), with `save_pngs=true`
+`pngs/000000.png`..., and `sample_info.json` (checkpoint, sampler, model calls per image `nfe`,
+seed, labels, guidance scale, time). Generation runs on the `trainer` group's devices, gives the
+same bytes for any `batch_size` and device count, stops on SIGTERM/Ctrl-C within one denoising
+step (exit status 128 + the signal), and continues an interrupted run in the same `hydra.run.dir`.
 
-This module and `evaluate.py` are the entry layer of generation: they read the config keys;
-`ddpm_unet.generation` knows none.
+This module and `evaluate.py` read the config keys; `ddpm_unet.generation` knows none.
 """
 
 from __future__ import annotations
@@ -67,13 +64,8 @@ SETTING_KEYS = {
 
 def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu") -> LitDiffusion:
     """`LitDiffusion` from a checkpoint of this project (read as data only), on `device`, in eval
-    mode.
-
-    Raises:
-        CheckpointNotFoundError: `ckpt_path` is unset or names no file.
-        CheckpointError: the file is not a checkpoint of this project's model (see
-            `read_checkpoint`), or its weights do not fit the model it describes.
-    """
+    mode; `CheckpointNotFoundError` when `ckpt_path` is unset or names no file, `CheckpointError`
+    when it is no checkpoint of this project's model or its weights do not fit that model."""
     if ckpt_path in (None, "", "???"):
         raise CheckpointNotFoundError(
             "ckpt_path is not set: pass the checkpoint to use, e.g. "
@@ -85,11 +77,8 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
 
 def device_overrides(trainer_cfg: Mapping[str, Any], device: str | None) -> dict[str, Any]:
     """Trainer arguments for the `device` shortcut of `sample.py`/`eval.py`: `auto` (or None)
-    keeps the trainer group's choice; `cpu`, `cuda`, `cuda:N`, `mps` pick that one device.
-
-    Raises:
-        UserError: `device` names one device while the trainer group asks for several.
-    """
+    keeps the trainer group's choice; `cpu`, `cuda`, `cuda:N`, `mps` pick that one device (a
+    `UserError` if the trainer group asks for several)."""
     if device in (None, "auto"):
         return {}
     parsed = torch.device(str(device))
@@ -114,10 +103,9 @@ def prepare_generation(
     cfg: DictConfig, model: LitDiffusion, sampler: Sampler | None
 ) -> tuple[L.Trainer, GenerationModule, dict[str, Any]]:
     """What `sample.py` and `eval.py` share: the labels and guidance scale (checked against the
-    checkpoint's classes first), the Trainer of `cfg.trainer` (no loggers, checkpoints,
-    summaries or Lightning's batch bar), the module that generates `cfg.num_samples` images of
-    `model` into `<output_dir>/shards/`, and the settings those images depend on (the shard
-    manifest)."""
+    checkpoint's classes first), the Trainer of `cfg.trainer` (no loggers, checkpoints, summary
+    or batch bar), the module generating into `<output_dir>/shards/`, and the settings those
+    images depend on (the shard manifest)."""
     num_samples = int(cfg.num_samples)
     num_classes = getattr(model, "num_classes", None)  # None: unconditional (or an old checkpoint)
     guidance_scale = check_guidance_scale(cfg.guidance_scale, num_classes)
@@ -184,17 +172,13 @@ def generate_or_stop(
         with handle_signals():
             return generate(trainer, module, settings)
     except Interrupted as stop:
-        kept = sum(
-            len(indices)
-            for indices, _ in module.store.valid_shards(module.num_samples, module.image_hwc)
-        )
-        log.error(
+        shards = module.store.valid_shards(module.num_samples, module.image_hwc)
+        kept = sum(len(indices) for indices, _ in shards)
+        msg = (
             "%s: stopped; %d images kept in %s; rerun the same command (same hydra.run.dir) to "
-            "continue",
-            signal_name(stop.signum),
-            kept,
-            module.store.folder,
+            "continue"
         )
+        log.error(msg, signal_name(stop.signum), kept, module.store.folder)
         raise SystemExit(stop.exit_code) from None
 
 
@@ -251,12 +235,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     (out / "sample_info.json").write_text(json.dumps(info, indent=2))
     module.store.remove()  # everything is in samples.npz now
-    log.info(
-        "%d images (%d generated, %d from an earlier run's shards) in %.1f s -> %s",
-        info["num_samples"],
-        generated["generated"],
-        generated["reused"],
-        seconds,
-        out,
-    )
+    msg = "%d images (%d generated, %d from an earlier run's shards) in %.1f s -> %s"
+    log.info(msg, info["num_samples"], generated["generated"], generated["reused"], seconds, out)
     return info

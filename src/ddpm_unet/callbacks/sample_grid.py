@@ -26,11 +26,9 @@ def check_positive_int(**values: object) -> None:
 
 
 class SampleGrid(L.Callback):
-    """Every `every_n_epochs` epochs (and after the last one), sample `num_samples` images.
-
-    `sampler`: a `Sampler` (built by Hydra from the nested `sampler:` block; DDIM with 100 steps
-    when None). The grid goes to `<output_dir>/epoch_<e>_step_<s>.png` (`final.png` at the end)
-    and to every logger that takes images (W&B, TensorBoard). Only rank zero samples; sampling
+    """Every `every_n_epochs` epochs (and after the last one), sample `num_samples` images with
+    `sampler` (None: DDIM, 100 steps) into `<output_dir>/epoch_<e>_step_<s>.png` (`final.png` at
+    the end) and every logger that takes images (W&B, TensorBoard). Only rank zero samples; it
     runs no collective operation, so the other ranks are not blocked by it.
 
     A class-conditional model (`pl_module.num_classes`) shows one row per class: row r holds
@@ -116,8 +114,8 @@ class SampleGrid(L.Callback):
 def log_grid(
     loggers: list[Logger], key: str, pixels: np.ndarray, step: int, caption: str = ""
 ) -> None:
-    """Send one uint8 grid (`[H, W, C]` or `[H, W]`, 0-255) to every logger that takes images
-    (W&B, TensorBoard; CSV is skipped). Both read uint8 as 0-255 pixels (`utils/images.py`)."""
+    """Send one uint8 grid (`[H, W, C]` or `[H, W]`) to every logger that takes images (W&B,
+    TensorBoard; CSV is skipped)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key, [pixels], step=step, caption=[caption])

@@ -1,11 +1,10 @@
 """`generate_images`, the one function every image of this project is made by.
 
 Image `i` of a run depends only on the seed, the sampler, its label and guidance scale, and `i`
-(docs/design.md, "Beyond the network"): its noise comes from its own CPU generator seeded with
-`image_seed(seed, i)`, and the network always runs on exactly `model_batch` images
-(`FixedBatch`), because CPU and GPU kernels pick their algorithm, and so the rounding of the
-last bits, by the batch's shape (measured here:
-unpadded batches of 1, 7 and 32 differ by ~1e-6, enough to flip uint8 pixels; padded ones are
+(docs/design.md, "Beyond the network"): its noise comes from its own CPU generator
+(`image_seed(seed, i)`), and the network always runs on exactly `model_batch` images
+(`FixedBatch`): kernels pick their algorithm, and so the last bits, by the batch's shape (unpadded
+batches of 1, 7 and 32 differed by ~1e-6 here, enough to flip uint8 pixels; padded ones are
 bit-identical). `model_batch` is therefore part of what the seed means, like the sampler.
 """
 
@@ -24,8 +23,7 @@ from ddpm_unet.models.diffusion import GaussianDiffusion
 from ddpm_unet.models.samplers import ImageGenerators, Sampler
 from ddpm_unet.models.samplers.base import Progress
 
-# Images per network call: keeps a GPU busy with small images; a CPU run of a few images uses
-# fewer (`effective_model_batch`).
+# Images per network call: keeps a GPU busy (a run of fewer uses `effective_model_batch`)
 DEFAULT_MODEL_BATCH = 64
 
 
@@ -151,9 +149,8 @@ def sample_model(
     guidance_scale: float | None = None,
     calls: ModelCalls | None = None,
 ) -> torch.Tensor:
-    """Images `indices` (default: all) of a run of `num_samples` from a `LitDiffusion`'s EMA
-    network, as `generate_images` (`labels`: one per entry of `indices`); what the training
-    callbacks sample with."""
+    """`generate_images` of a `LitDiffusion`'s EMA network: images `indices` (default: all) of a
+    run of `num_samples` (`labels`: one per entry of `indices`); the training callbacks' way."""
     return generate_images(
         model.ema.module,
         model.diffusion,

@@ -1,25 +1,17 @@
 """Class labels and classifier-free guidance (Ho & Salimans 2022) for sampling.
 
-`GuidedModel` is the model every sampler calls, `model(x, t)`; samplers know nothing of labels.
-It gives the network this batch's labels and combines, on the raw network output,
+`GuidedModel` is the `model(x, t)` every sampler calls (samplers know nothing of labels). It
+combines, on the raw network output, `uncond + w * (cond - uncond)` (w = `guidance_scale`), with
+`cond = net(x, t, y)` and `uncond = net(x, t, no-class token)` in ONE call of `2N` images; `w == 1`
+and `w == 0` make one plain call of `N` (the result is exactly `cond` or `uncond`).
 
-    output = uncond + w * (cond - uncond)        (w = `guidance_scale`)
+The combination is affine with weights summing to one, and eps, x0 and v are affine in each other
+with coefficients of `(x_t, t)` only, so guiding eps and converting equals guiding x0 or v
+directly: one `w`, one sampler path, whatever the network predicts (tests/test_guidance.py). In eps
+terms it is the paper's `eps~ = (1 + s) eps(c) - s eps(none)` with `s = w - 1`.
 
-with `cond = net(x, t, y)` and `uncond = net(x, t, no-class token)` taken in ONE batched call of
-`2N` images. `w == 1` is one plain conditional call and `w == 0` one call with the no-class
-token (the combination is then exactly `cond` or `uncond`, so the other half is not computed).
-
-How `w` acts on eps, x0 and v networks: the combination is affine with weights `(1 - w, w)`
-summing to one, and each parametrisation is an affine function of the others with coefficients
-that depend only on `(x_t, t)`, the same for both halves:
-`x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)`, `v = sqrt(a) eps - sqrt(1 - a) x0`. So guiding eps
-and converting gives the same x0 (and v) as guiding x0 (or v) directly: one `w` means one
-sampler path whatever the network predicts (tests/test_guidance.py checks it). In eps terms it
-is the guidance of the paper, `eps~ = (1 + s) eps(c) - s eps(none)` with `s = w - 1`.
-
-It also counts the sampler's calls (`ModelCalls`: `nfe`, model calls per image; with guidance
-other than 0 and 1 each call runs the network on twice the images) and is where sampling stops
-on a signal (`raise_if_interrupted`, once per call, so within one denoising step).
+It also counts the calls (`ModelCalls`) and stops sampling on a signal (`raise_if_interrupted`,
+once per call, so within one denoising step).
 """
 
 from __future__ import annotations
@@ -36,13 +28,9 @@ from torch import nn
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.interrupts import raise_if_interrupted
 
-BALANCED = "balanced"
-
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """`uncond + w * (cond - uncond)` on network outputs `[N, C, H, W]` (diffusers' pipelines
-    write the same: `noise_pred_uncond + guidance_scale * (noise_pred_text -
-    noise_pred_uncond)`)."""
+    """`uncond + w * (cond - uncond)` on outputs `[N, C, H, W]` (as diffusers' pipelines)."""
     return uncond + guidance_scale * (cond - uncond)
 
 
@@ -113,15 +101,8 @@ class GuidedModel(nn.Module):
         return guide(cond, uncond, w)
 
 
-# ------------------------------------------------------------------------------------------------
-# user input: labels and guidance scale, checked before any work
-# ------------------------------------------------------------------------------------------------
 def check_guidance_scale(guidance_scale: Any, num_classes: int | None) -> float | None:
-    """The guidance scale to sample with: None for an unconditional model, 1.0 when unset.
-
-    Raises:
-        UserError: a scale for an unconditional model, or one that is not a number >= 0.
-    """
+    """The guidance scale to sample with (checked): None for an unconditional model, 1.0 unset."""
     if num_classes is None:
         if guidance_scale is not None:
             raise UserError(
@@ -151,10 +132,8 @@ def resolve_labels(
     """The class of each image, int64 `[num_samples]`, or None for an unconditional model.
 
     `labels`: None or `balanced` (image i gets class `i % num_classes`), or a class id, a class
-    name (when the model has `class_names`), or a list of them, cycled over the images.
-
-    Raises:
-        UserError: labels for an unconditional model, an id out of range, an unknown name.
+    name (when the model has `class_names`), or a list of them, cycled over the images. Raises
+    `UserError` for labels of an unconditional model, an id out of range, an unknown name.
     """
     if num_classes is None:
         if labels is not None:
@@ -163,13 +142,12 @@ def resolve_labels(
                 "is unconditional (trained without classes): leave labels unset."
             )
         return None
-    if labels is None or labels == BALANCED:
+    if labels is None or labels == "balanced":
         return np.arange(num_samples, dtype=np.int64) % num_classes
     values = [labels] if isinstance(labels, str | int) else list(labels)
     if not values:
         raise UserError("labels=[] names no class: use labels=balanced or e.g. labels=[0,3].")
-    names = list(class_names or [])
-    ids = [_class_id(value, num_classes, names) for value in values]
+    ids = [_class_id(value, num_classes, list(class_names or [])) for value in values]
     return np.resize(np.asarray(ids, dtype=np.int64), num_samples)
 
 

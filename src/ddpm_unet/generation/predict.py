@@ -1,12 +1,10 @@
 """Generation on any number of devices: Lightning's `trainer.predict` over image indices.
 
-`sample.py` and `eval.py` build a `GenerationModule` and the Trainer of the same `trainer` group as
-training (`trainer=ddp`, `ddp_sim`, `num_nodes`, SLURM), then call `generate`: every rank checks
-the run's settings against the shard folder's manifest (`shards.py`); rank 0 scans the finished
-shards and broadcasts the seed and the indices left; Lightning splits those over the ranks, each
-rank writes a shard per batch; rank 0 assembles the images in index order. cuDNN autotuning
-(`trainer.benchmark`) is off: it picks kernels by timing, per process, which could change the
-last bits of an image between runs and ranks.
+Every rank checks the run's settings against the shard folder's manifest (`shards.py`); rank 0
+scans the finished shards and broadcasts the seed and the indices left; Lightning splits those
+over the ranks, each writing a shard per batch; rank 0 assembles the images in index order.
+cuDNN autotuning (`trainer.benchmark`) stays off: it picks kernels by timing, per process, which
+could change the last bits of an image between runs and ranks.
 """
 
 from __future__ import annotations
@@ -32,19 +30,11 @@ from ddpm_unet.models.samplers import Sampler
 
 
 class GenerationModule(L.LightningModule):
-    """`predict_step`: a batch of global image indices `[n]` -> the path of its shard
-    (`ShardStore.write_shard`), written as soon as the images are made.
-
-    Args:
-        net: the network to sample with (e.g. the EMA copy); moved to the device by Lightning.
-        diffusion: the process (its coefficients are float64 numbers: kept out of the module
-            tree, so precision plugins never cast them).
-        seed: the run's seed on rank 0 (`generate` sets it; the other ranks get it in the plan).
-        image_shape: `(C, H, W)`.
-        model_batch: images per network call (`FixedBatch`).
-        batch_size: images sampled together per rank (one shard each).
-        labels: int64 `[num_samples]`, image i's class (`guidance.resolve_labels`), or None.
-        guidance_scale: classifier-free guidance w (None: unconditional model).
+    """`predict_step`: a batch of global image indices `[n]` -> the path of its shard, written as
+    soon as the images are made. `net` (e.g. the EMA copy) is moved to the device by Lightning;
+    `seed` is rank 0's (`generate` sets it; the other ranks get it in the plan); `batch_size`
+    images are sampled together per rank, one shard each; `labels`: int64 `[num_samples]`, image
+    i's class, or None; `guidance_scale`: w (None: unconditional model).
     """
 
     plan: Plan  # set in `setup`: the seed and the indices still to generate
@@ -66,6 +56,7 @@ class GenerationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.net = net
+        # float64 coefficients: kept out of the module tree, so precision plugins never cast them
         self.__dict__["diffusion"] = diffusion
         self.sampler = sampler
         self.store = store
@@ -124,8 +115,7 @@ class GenerationModule(L.LightningModule):
         )
         return self.store.write_shard(batch.cpu().numpy(), to_uint8_hwc(images))
 
-    def _advance(self, steps: Iterable[int]) -> Iterator[int]:
-        """A batch's step indices, advancing rank 0's bar."""
+    def _advance(self, steps: Iterable[int]) -> Iterator[int]:  # advances rank 0's bar
         for step in steps:
             yield step
             self._bar.update(1)
@@ -141,11 +131,9 @@ def generate(
     trainer: L.Trainer, module: GenerationModule, settings: Mapping[str, Any]
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Run `module` on `trainer` (every rank calls this). Rank 0 gets all the images, uint8
-    `[N, H, W, C]` in index order, and what `sample_info.json`/`metrics.json` record of how
-    they were made; the other ranks get `(None, {})`.
-
-    Every rank checks `settings` against an earlier run's manifest before any work (`UserError`
-    if they differ); rank 0 records them, with the seed it draws for `seed=null`.
+    `[N, H, W, C]` in index order, and what `sample_info.json`/`metrics.json` record of how they
+    were made; the other ranks get `(None, {})`. Every rank first checks `settings` against an
+    earlier run's manifest; rank 0 records them, with the seed it draws for a None seed.
     """
     settings = module.store.check_settings(settings)
     if trainer.is_global_zero:

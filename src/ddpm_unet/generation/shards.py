@@ -34,9 +34,8 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` as an `.npz` archive (readable by `np.load`) atomically (`atomic_write`),
-    with the same bytes for the same arrays: fixed entry dates and permissions, no compression.
-    (`np.savez` happens to fix the dates too, but does not promise it.)"""
+    """Write `arrays` as an `.npz` atomically, the same bytes for the same arrays: fixed entry dates
+    and permissions, no compression (`np.savez` happens to fix the dates, but does not promise)."""
 
     def write(handle: IO[bytes]) -> None:
         with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -76,11 +75,8 @@ class ShardStore:
         self.setting_names = dict(setting_names or {})
 
     def check_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """The settings the run continues with: `settings`, with an earlier run's recorded seed
-        when `settings["seed"]` is None (a random seed is drawn once per run).
-
-        Raises:
-            UserError: the folder holds images made with other settings; names them.
+        """`settings`, with an earlier run's recorded seed when `settings["seed"]` is None (a
+        random seed is drawn once per run); `UserError` naming those that differ from the manifest.
         """
         wanted = dict(settings)
         try:
@@ -144,13 +140,8 @@ class ShardStore:
                     raise ValueError(f"indices outside 0..{num_samples - 1}")
             except Exception as err:  # noqa: BLE001 - any unreadable shard is generated again
                 if delete_bad:
-                    log.warning(
-                        "shard %s is unusable (%s: %s); deleted, its images will be generated "
-                        "again.",
-                        path,
-                        type(err).__name__,
-                        err,
-                    )
+                    msg = "shard %s is unusable (%s: %s); deleted, its images will be made again."
+                    log.warning(msg, path, type(err).__name__, err)
                     path.unlink(missing_ok=True)
                 continue
             yield indices, images
@@ -164,23 +155,14 @@ class ShardStore:
             shards += 1
         todo, reused = np.flatnonzero(~done).tolist(), int(done.sum())
         if reused:
-            log.info(
-                "continuing: %d of %d images found in %d shards of %s; generating the other %d",
-                reused,
-                num_samples,
-                shards,
-                self.folder,
-                len(todo),
-            )
+            msg = "continuing: %d of %d images found in %d shards of %s; generating the other %d"
+            log.info(msg, reused, num_samples, shards, self.folder, len(todo))
         return Plan(seed=seed, todo=todo, reused=reused, shards=shards)
 
     def assemble(self, num_samples: int, image_hwc: tuple[int, int, int]) -> np.ndarray:
         """All `num_samples` images, uint8 `[N, H, W, C]` in index order (an index written twice,
-        e.g. by a padded sampler, is the same image: the first wins).
-
-        Raises:
-            RuntimeError: some index is in no shard (generation did not finish).
-        """
+        e.g. by a padded sampler, is the same image: the first wins); `RuntimeError` if some index
+        is in no shard (generation did not finish)."""
         images = np.zeros((num_samples, *image_hwc), dtype=np.uint8)
         filled = np.zeros(num_samples, dtype=bool)
         for indices, shard_images in self.valid_shards(num_samples, image_hwc):

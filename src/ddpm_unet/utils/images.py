@@ -18,21 +18,13 @@ GRID_PADDING = 2  # pixels between the images of a grid (white)
 
 
 def images_to_grid(images: torch.Tensor, nrow: int, upscale: int = 1) -> torch.Tensor:
-    """`[N, C, H, W]` in [-1, 1] -> one `[3 or C, H', W']` grid in [0, 1], `upscale`d (nearest).
-
-    `nrow` images per row, `GRID_PADDING` white pixels around each; 1-channel images give a
-    3-channel grid (torchvision's `make_grid` repeats the channel). Tiny images (8x8 digits) are
-    upscaled so the PNG is readable without zooming.
-    """
+    """`[N, C, H, W]` in [-1, 1] -> one `[3 or C, H', W']` grid in [0, 1] (1 channel gives 3:
+    `make_grid` repeats it), `nrow` images per row, `GRID_PADDING` white pixels around each,
+    `upscale`d (nearest) so that tiny images (8x8 digits) are readable without zooming."""
     if images.dim() != 4:
-        raise ValueError(
-            f"images has shape {tuple(images.shape)}; expected [N, C, H, W] (a batch of images)."
-        )
+        raise ValueError(f"images has shape {tuple(images.shape)}; expected [N, C, H, W].")
     if nrow < 1 or upscale < 1:
-        raise UserError(
-            f"nrow={nrow} (images per grid row) and upscale={upscale} (nearest-neighbour "
-            "upscaling) must both be >= 1: set them to positive integers."
-        )
+        raise UserError(f"nrow={nrow} and upscale={upscale} must both be whole numbers >= 1.")
     images = (images.float().clamp(-1, 1) + 1) / 2
     if upscale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
@@ -40,11 +32,8 @@ def images_to_grid(images: torch.Tensor, nrow: int, upscale: int = 1) -> torch.T
 
 
 def grid_to_uint8(grid: torch.Tensor) -> np.ndarray:
-    """`[C, H, W]` floats in [0, 1] -> `[H, W, C]` uint8 in [0, 255] (`[H, W]` for C == 1).
-
-    Rounds as torchvision's `save_image` does (`x * 255 + 0.5`, truncated), so a grid saved
-    either way has the same pixels.
-    """
+    """`[C, H, W]` floats in [0, 1] -> `[H, W, C]` uint8 (`[H, W]` for C == 1), rounded as
+    torchvision's `save_image` (`x * 255 + 0.5`, truncated): either way, the same pixels."""
     if grid.dim() != 3:
         raise ValueError(f"grid has shape {tuple(grid.shape)}; expected [C, H, W].")
     pixels = grid.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
