@@ -458,8 +458,8 @@ class LastStateCheckpoint(ModelCheckpoint):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Called for every checkpoint before it is written: NaN/inf weights stop the run there
-        (before Lightning's best-k bookkeeping deletes a good file for one never written)."""
+        # Before every write: NaN/inf weights stop the run here, before Lightning's best-k
+        # bookkeeping deletes a good file for one never written.
         from ddpm_unet.callbacks.divergence import TrainingDivergedError  # callbacks import us
 
         tensors = [*pl_module.named_parameters(), *pl_module.named_buffers()]
@@ -478,12 +478,10 @@ class InterruptCheckpoint(Checkpoint):
     and writes `<dirpath>/<filename>.ckpt` then, or after a crash once training made progress;
     removed after a run that completes.
 
-    Checked when sanity checks or training start (a signal during set-up), before every training
-    batch and when training ends; Lightning's own SIGTERM flag stops validation. Nothing is written
-    for a user error (bad input, a diverged run, a full disk) or an error before any training step
-    of this process (the file would hold an untrained model). Not Lightning's
-    `OnExceptionCheckpoint`, whose presence makes `trainer.fit(ckpt_path=None)` resume from the
-    newest checkpoint in the folder (with a warning) instead of starting the run afresh.
+    Nothing is written for a user error (bad input, a diverged run, a full disk) or before any
+    training step of this process (an untrained model). Not Lightning's `OnExceptionCheckpoint`,
+    whose presence makes `trainer.fit(ckpt_path=None)` resume from the newest checkpoint in the
+    folder instead of starting afresh.
     """
 
     def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
