@@ -1,7 +1,5 @@
-"""Training callbacks (the `_target_`s of configs/callbacks/): sample grids, throughput, and what
-keeps a run's files right (checkpoints of the newest finite state, exact resume, signals,
-divergence; the checkpoint ones live in `ddpm_unet.utils.checkpoint`). FID is in
-`ddpm_unet.callbacks.fid`."""
+"""Training callbacks, the `_target_`s of configs/callbacks/ (the checkpoint ones live in
+`ddpm_unet.utils.checkpoint`, FID in `ddpm_unet.callbacks.fid`)."""
 
 from ddpm_unet.callbacks.divergence import NonFiniteLossGuard, TrainingDivergedError
 from ddpm_unet.callbacks.resume_state import ResumeState

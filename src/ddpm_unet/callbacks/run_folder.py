@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-from ddpm_unet.utils.rules import ConfigError
+from ddpm_unet.utils.errors import ConfigError
 
 
 def check_run_folder(output_dir: str | os.PathLike[str], ckpt_path: str | None) -> None:

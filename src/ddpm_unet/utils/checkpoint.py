@@ -1,14 +1,9 @@
-"""Checkpoints, in one place: reading them as data, writing them atomically, and the callbacks
-that keep the newest finite state on disk (`last.ckpt` when training ends, `interrupted.ckpt` on a
-signal, never a file of NaN weights).
+"""Checkpoints: read as data only, written atomically, and the callbacks that keep the newest
+finite state on disk (`last.ckpt` when training ends, `interrupted.ckpt` on a signal).
 
-Reading: `read_torch_file` is the one reader: `torch.load(weights_only=True)`, which refuses any
-pickled object but tensors and plain containers; every way a file can fail (missing bytes, text,
-a plain pickle, a damaged archive, a refused object) becomes one `UserError` naming the file, what
-it is instead and the fix, decided from the file's structure (never from torch's message texts);
-torch's advice to reload with `weights_only=False` never reaches the user. A checkpoint must then
-be one of this project's train.py (`read_lit_checkpoint`), whose model config names only trusted
-`_target_`s and whose weights fit (`model_from_checkpoint`, `check_resume_checkpoint`).
+Every way a file can fail becomes one `UserError` naming the file, what it is instead and the fix,
+decided from the file's structure, never from torch's messages (whose advice to reload with
+`weights_only=False` never reaches the user).
 """
 
 from __future__ import annotations
@@ -66,9 +61,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 def read_torch_file(
     file: Path, name: str, what: str, fix: str, error: type[UserError] = UserError
 ) -> Any:
-    """What `torch.save` wrote to `file` (either format), read as data on the CPU.
-
-    Zip archives are memory-mapped, so reading a few entries of a large checkpoint costs little.
+    """What `torch.save` wrote to `file` (either format), read with `weights_only=True` on the
+    CPU; zip archives are memory-mapped, so reading a few entries of a large file costs little.
 
     Args:
         name: how the user named the file (`ckpt_path=x.ckpt`), first in every message.
@@ -174,13 +168,8 @@ def _describe_bytes(head: bytes) -> str:
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
-    """The dict saved in checkpoint `path` (`read_torch_file`); `key` is the config key the path
-    came from, for messages.
-
-    Raises:
-        CheckpointNotFoundError: `path` does not exist.
-        CheckpointError: it is a folder, or no torch.save file of a dict of tensors and plain data.
-    """
+    """The dict saved in checkpoint `path` (`read_torch_file`); `key` names the path in messages.
+    Raises `CheckpointNotFoundError` (no such file) or `CheckpointError`."""
     file = Path(str(path)).expanduser()
     name = f"{key}={path}"
     if not file.exists():
@@ -207,8 +196,7 @@ def read_lit_checkpoint(
     path: str | Path, key: str = "ckpt_path", resume: bool = False
 ) -> dict[str, Any]:
     """`read_checkpoint`, then raise `CheckpointError` unless it was written by this project's
-    train.py (and, with `resume`, holds the training state Lightning needs to continue the run).
-    """
+    train.py (and, with `resume`, holds the training state Lightning needs to continue the run)."""
     checkpoint = read_checkpoint(path, key)
     name = f"{key}={path}"
     state_dict = checkpoint.get("state_dict")
@@ -258,18 +246,16 @@ def check_state_dict_compatible(
     expected: Mapping[str, torch.Tensor],
     found: Mapping[str, torch.Tensor],
     path: str | Path,
-    key: str = "ckpt_path",
-    target: str = "the model",
+    target: str,
     hint: str = "",
 ) -> None:
-    """Raise `CheckpointError` naming the weights of `found` (a checkpoint's state dict) that are
-    missing, unexpected or reshaped against `expected` (the model's; meta tensors suffice), if
-    any. `target` names the model ("the configured model"); `hint` ends the message."""
+    """Raise `CheckpointError` naming the weights of `found` (a checkpoint's state dict) that do
+    not fit `expected` (the model's; meta tensors suffice). `target` names the model; `hint` ends
+    the message."""
     parts = weight_differences({k: v.shape for k, v in expected.items()}, found)
     if parts:
         raise CheckpointError(
-            f"{key}={path} holds another architecture than {target}: {', '.join(parts)}."
-            + (f" {hint}" if hint else "")
+            f"ckpt_path={path} holds another architecture than {target}: {', '.join(parts)}.{hint}"
         )
 
 
@@ -307,9 +293,7 @@ def weight_differences(
     return parts
 
 
-def model_from_checkpoint(
-    checkpoint: Mapping[str, Any], path: str | Path, key: str = "ckpt_path"
-) -> LitDiffusion:
+def model_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> LitDiffusion:
     """`LitDiffusion` built from the `run_config["model"]` of a checkpoint `read_lit_checkpoint`
     accepted, as train.py built it, its weights loaded strictly (CPU). Its `_target_`s must be
     trusted (`check_trusted_targets`): a checkpoint is data, and an arbitrary `_target_` is code.
@@ -320,30 +304,26 @@ def model_from_checkpoint(
     model_cfg = checkpoint["run_config"].get("model")
     if not isinstance(model_cfg, Mapping) or "_target_" not in model_cfg:
         raise CheckpointError(
-            f"{key}={path}: its run_config holds no model config with a _target_ to build; it "
+            f"ckpt_path={path}: its run_config holds no model config with a _target_ to build; it "
             f"was written by another version or edited; {WHERE_CHECKPOINTS_ARE}."
         )
-    check_trusted_targets(model_cfg, path, key)
+    check_trusted_targets(model_cfg, path)
     try:
         model = instantiate(model_cfg, _convert_="object")
     except (InstantiationException, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(
-            f"{key}={path}: its run_config's model does not build ({err}); it was written by "
+            f"ckpt_path={path}: its run_config's model does not build ({err}); it was written by "
             f"another version or edited; {WHERE_CHECKPOINTS_ARE}."
         ) from None
     check_state_dict_compatible(
-        model.state_dict(),
-        checkpoint["state_dict"],
-        path,
-        key,
-        target="the model its run_config describes",
+        model.state_dict(), checkpoint["state_dict"], path, "the model its run_config describes"
     )
     model.on_load_checkpoint(dict(checkpoint))
     model.load_state_dict(checkpoint["state_dict"])
     return model
 
 
-def check_trusted_targets(model_cfg: Any, path: str | Path, key: str = "ckpt_path") -> None:
+def check_trusted_targets(model_cfg: Any, path: str | Path) -> None:
     """Raise `CheckpointError` if a `_target_` in `model_cfg` is outside the trusted prefixes:
     this package, torch's optimisers, and those `$DDPM_UNET_TRUSTED_TARGETS` adds (comma-separated,
     e.g. `mylab.nets.` for a network of your own)."""
@@ -361,36 +341,31 @@ def check_trusted_targets(model_cfg: Any, path: str | Path, key: str = "ckpt_pat
     untrusted = [t for t in targets if not t.startswith(allowed)]
     if untrusted:
         raise CheckpointError(
-            f"{key}={path} was refused: its model config names {some_names(untrusted)}, outside "
-            f"the trusted {', '.join(allowed)}; nothing of it was built. If you trust the file and "
-            f"its network, add its module: {TRUSTED_TARGETS_ENV}=<module prefix>."
+            f"ckpt_path={path} was refused: its model config names {some_names(untrusted)}, "
+            f"outside the trusted {', '.join(allowed)}; nothing of it was built. If you trust the "
+            f"file and its network, add its module: {TRUSTED_TARGETS_ENV}=<module prefix>."
         )
 
 
-def check_resume_checkpoint(path: str | Path, model_cfg: Any, key: str = "ckpt_path") -> None:
-    """Before training: `path` is a resumable checkpoint whose weights fit `model_cfg`.
-
-    The configured model is built on the meta device (shapes only, no memory, no time), so a
-    run that would resume another architecture stops before any data is read, with the
-    differing `model.net.*` values named. If the config cannot be built here the architecture
-    check is left to the real build, which reports its own error.
-    """
+def check_resume_checkpoint(path: str | Path, model_cfg: Any) -> None:
+    """Before training: `path` is a resumable checkpoint whose weights fit `model_cfg`, built on
+    the meta device (shapes only, no memory, no time), so that resuming another architecture
+    stops before any data is read. A config that does not build is left to the real build."""
     from hydra.utils import instantiate
 
-    checkpoint = read_lit_checkpoint(path, key, resume=True)
+    checkpoint = read_lit_checkpoint(path, resume=True)
     try:
         with torch.device("meta"):
             expected = instantiate(model_cfg, _convert_="object").state_dict()
     except Exception:  # noqa: BLE001 - the real build reports its own, clearer, error
         return
+    diff = _net_config_diff(checkpoint.get("run_config"), model_cfg)
     check_state_dict_compatible(
         expected,
         checkpoint["state_dict"],
         path,
-        key,
-        target="the configured model",
-        hint=_net_config_diff(checkpoint.get("run_config"), model_cfg)
-        + " Resume with the checkpoint's architecture, or start a new run without ckpt_path.",
+        "the configured model",
+        f" {diff} Resume with the checkpoint's architecture, or start a new run without ckpt_path.",
     )
 
 
@@ -436,8 +411,7 @@ _HINTS = {
 
 
 class CheckpointSaveError(UserError):
-    """A checkpoint could not be written (disk full, unwritable folder); names the file and the
-    fix. A `UserError`: the user fixes it (space, permissions, `paths.log_dir`), not the code."""
+    """A checkpoint could not be written (disk full, unwritable folder); names the file and fix."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -452,11 +426,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        if "://" in str(path) and not str(path).startswith("file://"):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        if storage_options is not None:
-            raise TypeError(f"storage_options are not supported for local saves ({path}).")
+        remote = "://" in str(path) and not str(path).startswith("file://")
+        if remote or storage_options is not None:  # Lightning refuses storage_options
+            return super().save_checkpoint(checkpoint, path, storage_options)
         try:
             atomic_write(path, lambda fh: torch.save(checkpoint, fh))
         except OSError as err:
@@ -486,8 +458,8 @@ class LastStateCheckpoint(ModelCheckpoint):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Called for every checkpoint before it is written: NaN/inf weights stop the run there
-        (before Lightning's best-k bookkeeping deletes a good file for one never written)."""
+        # Before every write: NaN/inf weights stop the run here, before Lightning's best-k
+        # bookkeeping deletes a good file for one never written.
         from ddpm_unet.callbacks.divergence import TrainingDivergedError  # callbacks import us
 
         tensors = [*pl_module.named_parameters(), *pl_module.named_buffers()]
@@ -506,12 +478,10 @@ class InterruptCheckpoint(Checkpoint):
     and writes `<dirpath>/<filename>.ckpt` then, or after a crash once training made progress;
     removed after a run that completes.
 
-    Checked when sanity checks or training start (a signal during set-up), before every training
-    batch and when training ends; Lightning's own SIGTERM flag stops validation. Nothing is written
-    for a user error (bad input, a diverged run, a full disk) or an error before any training step
-    of this process (the file would hold an untrained model). Not Lightning's
-    `OnExceptionCheckpoint`, whose presence makes `trainer.fit(ckpt_path=None)` resume from the
-    newest checkpoint in the folder (with a warning) instead of starting the run afresh.
+    Nothing is written for a user error (bad input, a diverged run, a full disk) or before any
+    training step of this process (an untrained model). Not Lightning's `OnExceptionCheckpoint`,
+    whose presence makes `trainer.fit(ckpt_path=None)` resume from the newest checkpoint in the
+    folder instead of starting afresh.
     """
 
     def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
@@ -559,16 +529,15 @@ class InterruptCheckpoint(Checkpoint):
         ):
             self.save(trainer)
 
-    def save(self, trainer: L.Trainer) -> str | None:
-        """Write the checkpoint now; its path, or None if it could not be written."""
+    def save(self, trainer: L.Trainer) -> None:
+        """Write the checkpoint now (`saved_path` stays None if it cannot be written)."""
         try:
             trainer.save_checkpoint(self.ckpt_path)
         except Exception as err:  # never hide the error that stopped the run
             log.error("Could not write %s: %s", self.ckpt_path, err)
-            return None
+            return
         self.saved_path = self.ckpt_path
         log.info("Saved %s at step %d.", self.ckpt_path, trainer.global_step)
-        return self.ckpt_path
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # After a fit that completed: a stale interrupted.ckpt (e.g. the one this run resumed

@@ -1,13 +1,7 @@
-"""The one place that uses a private name of Lightning, because it has no public hook for it.
-
-Lightning's `ddp` strategy starts ranks 1..N-1 by re-running the command line; under Hydra it
-builds that command with the private `lightning.pytorch.strategies.launchers.subprocess_script.
-_hydra_subprocess_cmd` (the original arguments: in a multirun the whole sweep, once per rank, in
-`hydra.run.dir`). `install_hydra_ddp_launcher` replaces it with
-`ddpm_unet.utils.distributed.hydra_ddp_subprocess_cmd` (this job, in this job's folder).
-
-Checked against lightning 2.6.6 (`CHECKED_LIGHTNING`); tests/test_distributed.py fails when the
-name, its signature or the launcher's call of it changes.
+"""The one place that uses a private name of Lightning, which has no public hook for it: the
+`subprocess_script._hydra_subprocess_cmd` that builds the command of DDP ranks 1..N-1 under Hydra
+(see `ddpm_unet.utils.distributed`). Checked against lightning `CHECKED_LIGHTNING`;
+tests/test_distributed.py fails when the name, its signature or the launcher's call of it changes.
 """
 
 from __future__ import annotations
@@ -16,11 +10,8 @@ CHECKED_LIGHTNING = "2.6.6"
 
 
 def install_hydra_ddp_launcher() -> None:
-    """Make Lightning's `ddp` launcher start ranks with `hydra_ddp_subprocess_cmd` (idempotent).
-
-    If a Lightning release renames the function, this stops with an error instead of silently
-    starting every rank as a new run.
-    """
+    """Make Lightning's `ddp` launcher start ranks with `hydra_ddp_subprocess_cmd` (idempotent);
+    an error, not every rank silently started as a new run, if Lightning renames the function."""
     import lightning
     from lightning.pytorch.strategies.launchers import subprocess_script
 

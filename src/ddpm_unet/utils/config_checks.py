@@ -1,12 +1,10 @@
 """The one boundary between config keys and objects: the only code that knows where a value sits.
 
-Objects check their own arguments under their own names (`n_groups=7 does not divide ...`).
-`build(cfg, key)` builds config group `key` with Hydra and reports such an error as
-`ConfigError("<key>: <message>")`, naming the innermost group that failed (Hydra's `full_key`,
-e.g. `model.net`); Lightning's `Trainer` errors come out under `trainer`. The values no object
-checks (the seed, the trainer's counters that Lightning takes unchecked, the optimiser's numbers
-that torch checks only once training starts, and the settings of sample.py/eval.py) are declared
-once, below, as key -> kind. Everything is built before anything is written.
+Objects check their own arguments under their own names; `build(cfg, key)` reports such an error
+as `ConfigError("<key>: <message>")`. The values no object checks (the seed, the trainer's
+counters Lightning takes unchecked, the optimiser's numbers torch checks only once training
+starts, sample.py/eval.py's settings) are declared below as key -> kind. Everything is built
+before anything is written.
 """
 
 from __future__ import annotations
@@ -127,22 +125,11 @@ def check_values(cfg: DictConfig, kinds: Mapping[str, Kind]) -> None:
             raise ConfigError(f"{key}={shown(value)} is unknown: use one of {', '.join(kind)}.")
 
 
-def _innermost(err: BaseException, key: str) -> tuple[BaseException, str]:
-    """The error inside Hydra's `InstantiationException` wrapper(s), and the key of the config
-    that raised it (Hydra's `full_key:` line; `key` when it has none)."""
-    while isinstance(err, InstantiationException) and err.__cause__ is not None:
-        found = re.search(r"^full_key: (\S+)$", str(err), re.MULTILINE)
-        key = found.group(1) if found else key
-        err = err.__cause__
-    return err, key
-
-
 def build(node: Any, key: str, **kwargs: Any) -> Any:
     """The object of config `node` (built by Hydra, with `kwargs`), whose key is `key`. An
-    object's own argument error (`ValueError`, `TypeError`, Lightning's
-    `MisconfigurationException`, or a `_target_` Hydra cannot find) becomes
-    `ConfigError("<key>: <message>")`, under the innermost key that failed (e.g. `model.net`).
-    Bugs raising these types read the same: `DDPM_UNET_TRACEBACK=1` shows the chained original."""
+    argument error (`ValueError`, `TypeError`, `MisconfigurationException`, a `_target_` Hydra
+    cannot find) becomes `ConfigError("<key>: <message>")` under the innermost key that failed
+    (Hydra's `full_key:`, e.g. `model.net`); `DDPM_UNET_TRACEBACK=1` shows the original."""
     try:
         return instantiate(node, **kwargs, _convert_="object")
     except (ValueError, TypeError, MisconfigurationException, InstantiationException) as raised:
@@ -226,10 +213,8 @@ class TrainObjects:
 
 
 def check_train_config(cfg: DictConfig) -> TrainObjects:
-    """Check `cfg` and build every object of the run from it, before anything is written;
-    raises `ConfigError` (or `CheckpointError`) naming the key.
-
-    Seeds first (`seed`), so that the network's initial weights follow it."""
+    """Check `cfg` and build every object of the run from it (seeded first, so that the initial
+    weights follow `seed`), before anything is written; raises `ConfigError`/`CheckpointError`."""
     from ddpm_unet.utils.checkpoint import check_resume_checkpoint
     from ddpm_unet.utils.instantiate import instantiate_callbacks, instantiate_loggers
     from ddpm_unet.utils.wandb_setup import configure_wandb

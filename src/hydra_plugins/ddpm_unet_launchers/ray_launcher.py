@@ -1,13 +1,10 @@
-"""`hydra/launcher=ray`: Hydra's Ray launcher (hydra-ray-launcher), each job asking for its own
-devices.
+"""`hydra/launcher=ray`: hydra-ray-launcher's `RayLauncher`, each job asking for its own devices.
 
-The plugin's `RayLauncher` resolves `hydra.launcher.ray.remote` once, from the sweep's base
-config (every job of `trainer.accelerator=cpu,gpu` would ask for the same resources), and one
-job whose Ray worker dies ends the whole sweep. This subclass keeps the plugin's config and its
-way of running a job (Hydra's `run_job` in a Ray task), resolves `ray.remote` per job, checks
-every job before any starts (`ray_job_problems`), and records a job whose worker dies (killed
-for memory, a native crash) as failed in its `status.json`, as for a job that raised. Only
-public APIs: Hydra's `hydra.core` job helpers (what every launcher plugin calls) and Ray's.
+The plugin resolves `hydra.launcher.ray.remote` once, from the sweep's base config, and one job
+whose Ray worker dies ends the whole sweep. This subclass resolves it per job, checks every job
+before any starts (`ray_job_problems`), and records a job whose worker died (out of memory, a
+native crash) as failed in its `status.json`. Public APIs only: Hydra's `hydra.core` job helpers
+and Ray's.
 """
 
 from __future__ import annotations
