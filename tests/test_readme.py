@@ -315,6 +315,60 @@ def check_dpm_solver(ran: Ran) -> None:
     assert info["sampler"] == "dpm_solver" and info["steps"] == 20, info
 
 
+def _last_ckpt(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def check_init_from(ran: Ran) -> None:
+    """A new run (its own folder, counting from step 0) that records where its weights came from."""
+    run = newest("train/runs/*/", _logs(ran))
+    status = assert_completed_run(run)
+    source = re.search(r"init_from=(\S+)", ran.command).group(1)
+    assert status["metrics"]["global_step"] == 2  # one epoch of 2 batches: a fresh step count
+    assert _last_ckpt(run)["run_config"]["init_from"]["ckpt_path"] == source
+
+
+def check_sample_nfe(sampler: str, nfe: int) -> Callable[[Ran], None]:
+    def check(ran: Ran) -> None:
+        check_sample(64, pngs=False)(ran)
+        info = json.loads((newest("sample/runs/*/", _logs(ran)) / "sample_info.json").read_text())
+        assert (info["sampler"], info["nfe"]) == (sampler, nfe), info
+
+    return check
+
+
+def check_eval_sweep(key: str, values: dict) -> Callable[[Ran], None]:
+    """One job per value, each with its metrics.json: `values` maps the swept value to the model
+    calls per image it must have counted."""
+
+    def check(ran: Ran) -> None:
+        jobs = sorted(newest("eval/multiruns/*/", _logs(ran)).glob("*/metrics.json"))
+        metrics = [json.loads(p.read_text()) for p in jobs]
+        assert {m[key]: m["nfe"] for m in metrics} == values, metrics
+        assert all(np.isfinite(m["fid"]) for m in metrics)
+
+    return check
+
+
+def check_conditional_train(ran: Ran) -> None:
+    run = newest("train/runs/*/", _logs(ran))
+    assert_completed_run(run)
+    checkpoint = _last_ckpt(run)
+    assert checkpoint["run_config"]["model"]["net"]["num_classes"] == 10
+    assert checkpoint["class_names"] == [str(k) for k in range(10)]
+
+
+def check_conditional_sample(ran: Ran) -> None:
+    run = newest("sample/runs/*/", _logs(ran))
+    with np.load(run / "samples.npz", allow_pickle=False) as data:
+        images, labels = data["images"], data["labels"]
+    assert images.shape == (600, 8, 8, 1) and labels.dtype == np.int64
+    assert labels.tolist() == [i % 10 for i in range(600)]  # balanced: image i asks for i mod 10
+    info = json.loads((run / "sample_info.json").read_text())
+    assert info["guidance_scale"] == 2 and info["labels"] == labels.tolist(), info
+    assert_grid_has_digits(run / "grid.png")
+
+
 def check_compose(ran: Ran) -> None:
     assert "_target_" in ran.stdout, ran.stdout[-2000:]
 
@@ -342,6 +396,24 @@ RULES = [
     Rule(r"^python train\.py$", append=TRAIN_SHORT, check=check_train),
     Rule(r"^python train\.py model=unet_small data=mnist$", TRAIN_SHORT, check_mnist),
     Rule(r"^python train\.py experiment=ddpm_cifar10$", compose_only=True, check=check_compose),
+    Rule(r"^python train\.py experiment=ddpm_cifar10_cfg$", compose_only=True, check=check_compose),
+    Rule(r"^python train\.py init_from=\S+$", TRAIN_SHORT, check_init_from),
+    Rule(r"^python train\.py model\.net\.num_classes=10$", TRAIN_SHORT, check_conditional_train),
+    Rule(r"^python sample\.py \S+ num_samples=600 labels=", SAMPLE_SHORT, check_conditional_sample),
+    Rule(
+        r"^python eval\.py -m \S+ guidance_scale=1,2,4$",
+        EVAL_SHORT,
+        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}),  # euler_ancestral: 20 steps
+    ),
+    Rule(
+        r"^python sample\.py \S+ sampler=unipc sampler\.steps=8$",
+        check=check_sample_nfe("unipc", 8),
+    ),
+    Rule(
+        r"^python eval\.py -m \S+ sampler=euler,heun,unipc,dpm_solver sampler\.steps=8$",
+        EVAL_SHORT,
+        check_eval_sweep("sampler", {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8}),
+    ),
     Rule(r"^python train\.py trainer=gpu ", compose_only=True, check=check_compose),
     Rule(r"^python train\.py ckpt_path=\S+$", [*TRAIN_SHORT, "trainer.max_epochs=2"], check_resume),
     Rule(r"^python train\.py debug=fdr$", TINY_MODEL, check_debug),
@@ -437,9 +509,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _placeholders(command: str, repo: Path) -> str:
     """`<ts>`/`...` in a documented path -> the run or sweep the earlier commands made."""
     logs = repo / "logs"
-    if "ckpt_path=" in command:
+    if "ckpt_path=" in command or "init_from=" in command:
         ckpt = newest("train/runs/*/checkpoints/last.ckpt", logs).relative_to(repo)
-        command = re.sub(r"ckpt_path=\S+", f"ckpt_path={ckpt}", command)
+        command = re.sub(r"(ckpt_path|init_from)=\S+", rf"\1={ckpt}", command)
     if "multiruns/<timestamp>" in command:
         sweep = newest("train/multiruns/*/", logs).relative_to(repo)
         command = command.replace("logs/train/multiruns/<timestamp>", str(sweep))
@@ -453,7 +525,9 @@ def is_sweep(command: str) -> bool:
     """Sweeps, their report and the launchers: one chain of commands, run by
     tests/test_readme_sweeps.py (its own copy of the repository, so the suite can run the two
     chains side by side); everything else runs here, in the README's order."""
-    return bool(re.search(r"\.py -m |hparams_search=|ddpm_unet\.report|hydra/launcher", command))
+    return bool(
+        re.search(r"train\.py -m |hparams_search=|ddpm_unet\.report|hydra/launcher", command)
+    )
 
 
 def run_command(command: str, repo: Path) -> None:

@@ -104,13 +104,13 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
     )
     assert not np.array_equal(np.load(other["samples"])["images"], images)
 
-    # DDPM (all T steps) from the default sampler group.
-    ddpm = sample.run(
+    # The default sampler group: Euler-ancestral, 20 counted model calls per image.
+    default = sample.run(
         compose_config(
             "sample", [f"ckpt_path={checkpoint}", "num_samples=2", "progress=false"], tmp_path / "d"
         )
     )
-    assert ddpm["sampler"] == "ddpm" and ddpm["steps"] == 50
+    assert default["sampler"] == "euler_ancestral" and default["nfe"] == 20
 
     # DPM-Solver++ from its config file (built by Hydra from `_target_`).
     dpm_args = [f"ckpt_path={checkpoint}", "num_samples=2", "progress=false"]
@@ -120,7 +120,7 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
         )
     )
     assert dpm["sampler"] == "dpm_solver" and dpm["steps"] == 5
-    assert dpm["sampler_settings"] == {"steps": 5, "spacing": "trailing"}
+    assert dpm["sampler_settings"] == {"steps": 5, "sigmas": "trailing", "rho": 7.0}
     assert np.load(dpm["samples"])["images"].shape == (2, 8, 8, 1)
 
 
