@@ -9,6 +9,7 @@ and scale checks, and the commands' refusals for an unconditional checkpoint.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,29 +40,9 @@ SHAPE = (1, 8, 8)
 K = 3  # classes of the test networks
 
 
-class StandInNet(nn.Module):
-    """A class-conditional network of the UNet's interface (`forward(x, t, y)`, `num_classes`
-    the no-class token), used only if this checkout's UNet has no classes yet."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.conv = nn.Conv2d(1, 1, 3, padding=1)
-        self.embed = nn.Embedding(num_classes + 1, 1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
-        if y is None:
-            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        return (
-            self.conv(x) + self.embed(y)[:, :, None, None] + 1e-3 * t.float()[:, None, None, None]
-        )
-
-
 def conditional_net() -> nn.Module:
-    """The real class-conditional UNet when it exists (tiny), else `StandInNet`."""
+    """A tiny class-conditional UNet."""
     torch.manual_seed(0)
-    if "num_classes" not in inspect.signature(UNet).parameters:
-        return StandInNet(K).eval()
     net = UNet(
         1,
         n_channels=16,
@@ -324,10 +305,6 @@ def test_sample_and_eval_refuse_classes_for_an_unconditional_checkpoint(
 # ------------------------------------------------------------------------------------------------
 # the commands on a class-conditional checkpoint (needs the UNet's classes, contract C3)
 # ------------------------------------------------------------------------------------------------
-needs_classes = pytest.mark.skipif(
-    "num_classes" not in inspect.signature(UNet).parameters,
-    reason="this checkout's UNet has no classes yet",
-)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +329,6 @@ def conditional_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
-@needs_classes
 def test_sample_py_with_labels_and_guidance(conditional_checkpoint: Path, tmp_path: Path) -> None:
     args = [
         f"ckpt_path={conditional_checkpoint}",
@@ -412,3 +388,37 @@ def test_training_grid_of_a_conditional_run_has_one_row_per_class(tmp_path: Path
         SampleGrid(str(tmp_path), guidance_scale=-2)
     with pytest.raises(UserError, match=r"guidance_scale=3.0 needs a class-conditional model"):
         guided.setup(None, SimpleNamespace(num_classes=None), "fit")
+
+
+def test_conditional_checkpoint_round_trip_under_ddp_sim(tmp_path: Path) -> None:
+    """A conditional run on two DDP processes (`trainer=ddp_sim`) writes one checkpoint with its
+    classes, which samples with labels and guidance like a one-process run's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CLI_TINY, ROOT
+
+    args = [o for o in CLI_TINY if not o.startswith("trainer.accelerator")]
+    done = subprocess.run(
+        [sys.executable, "train.py", *args, "trainer=ddp_sim", "model.net.num_classes=10"]
+        + ["callbacks.sample_grid=null", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["num_classes"] == 10 and saved["class_names"] == [str(d) for d in range(10)]
+    model = sample.load_model(ckpt)
+    assert model.num_classes == 10 and model.net.num_classes == 10
+    args = [f"ckpt_path={ckpt}", "num_samples=10", "sampler=ddim", "sampler.steps=2"]
+    info = sample.run(
+        compose_config("sample", [*args, "progress=false", "guidance_scale=3"], tmp_path / "s")
+    )
+    with np.load(tmp_path / "s" / "samples.npz") as samples:
+        assert samples["labels"].tolist() == list(range(10))
+        assert samples["images"].shape == (10, 8, 8, 1)
+    assert info["nfe"] == 2 and info["guidance_scale"] == 3.0
