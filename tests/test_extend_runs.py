@@ -120,6 +120,34 @@ def test_init_from_another_architecture_names_the_first_tensor(
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_a_checkpoint_from_before_warmup_cosine_loads_samples_and_resumes(
+    finished: Path, tmp_path: Path
+) -> None:
+    """Checkpoints of the previous release name the schedule `lr_schedules.warmup_cosine` (a
+    function, `_partial_: true`) and saved the multiplier object's settings in the scheduler
+    state: they sample as the same weights do, and resume (lr > 0 for the added steps)."""
+    from ddpm_unet.models.samplers import DDIM
+    from ddpm_unet.sample import load_model
+
+    state = _state(finished / "checkpoints" / "last.ckpt")
+    scheduler = state["run_config"]["model"]["scheduler"]
+    scheduler["_target_"] = "ddpm_unet.models.lr_schedules.warmup_cosine"
+    scheduler["_partial_"] = True
+    state["lr_schedulers"][0]["lr_lambdas"] = [{"warmup": 2, "total": 6, "min_ratio": 0.0}]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    old = run / "checkpoints" / "old.ckpt"
+    torch.save(state, old)
+    sampler = DDIM(steps=3)
+    images = load_model(old).sample_images(4, sampler, seed=0)
+    expected = load_model(finished / "checkpoints" / "last.ckpt").sample_images(4, sampler, seed=0)
+    assert torch.equal(images, expected)
+    fit(compose_train([*SHORT, "trainer.max_epochs=3", f"ckpt_path={old}"], run))
+    assert _state(run / "checkpoints" / "last.ckpt")["global_step"] == 9
+    lrs = [float(r["lr"]) for r in _rows(run) if r.get("lr")]
+    assert len(lrs) == 3 and all(lr > 0 for lr in lrs), lrs
+
+
 def _train_cli(args: list[str], log_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     overrides = [o for o in SHORT if not o.startswith(("trainer.accelerator", "trainer.devices"))]

@@ -84,3 +84,16 @@ class WarmupCosine:
             lr_factor, warmup=warmup, total=total, min_ratio=self.min_lr_ratio
         )
         return ReplannedLambdaLR(optimizer, factor)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    total_steps: float,
+    warmup_steps: int = 0,
+    decay: str = "none",
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    """`WarmupCosine(...)(optimizer, total_steps)` under its earlier name: the `run_config` of
+    checkpoints written before `WarmupCosine` names this function (with `_partial_: true`), and
+    they must keep loading, sampling and resuming."""
+    return WarmupCosine(warmup_steps, decay, min_lr_ratio)(optimizer, total_steps)
