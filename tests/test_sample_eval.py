@@ -104,13 +104,13 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
     )
     assert not np.array_equal(np.load(other["samples"])["images"], images)
 
-    # The default sampler group: Euler-ancestral, 20 counted model calls per image.
+    # The default sampler group: DPM-Solver++(2M) SDE, 20 counted model calls per image.
     default = sample.run(
         compose_config(
             "sample", [f"ckpt_path={checkpoint}", "num_samples=2", "progress=false"], tmp_path / "d"
         )
     )
-    assert default["sampler"] == "euler_ancestral" and default["nfe"] == 20
+    assert default["sampler"] == "dpm_solver_sde" and default["nfe"] == 20
 
     # DPM-Solver++ from its config file (built by Hydra from `_target_`).
     dpm_args = [f"ckpt_path={checkpoint}", "num_samples=2", "progress=false"]

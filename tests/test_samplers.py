@@ -415,18 +415,21 @@ def test_hydra_builds_each_sampler_config() -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ddpm_unet.models.samplers import Euler, EulerAncestral, Heun, UniPC
+    from ddpm_unet.models.samplers import DPMSolverSDE, Euler, EulerAncestral, Heun, UniPC
 
     configs = Path(__file__).resolve().parents[1] / "configs" / "sampler"
     built = {p.stem: instantiate(OmegaConf.load(p)) for p in sorted(configs.glob("*.yaml"))}
     assert isinstance(built["ddpm"], DDPM)
     assert built["ddim"] == DDIM(steps=50, eta=0.0)
     assert built["dpm_solver"] == DPMSolver(steps=20)
+    assert built["dpm_solver_sde"] == DPMSolverSDE(steps=20) == DPMSolver(steps=20, eta=1.0)
     assert built["euler"] == Euler()
     assert built["euler_ancestral"] == EulerAncestral()
     assert built["heun"] == Heun()
     assert built["unipc"] == UniPC()
-    assert set(built) == {"ddpm", "ddim", "dpm_solver", "euler", "euler_ancestral", "heun", "unipc"}
+    assert set(built) == {
+        "ddpm", "ddim", "dpm_solver", "dpm_solver_sde", "euler", "euler_ancestral", "heun", "unipc"
+    }
 
 
 def test_the_default_sampler_takes_objects_without_keys() -> None:

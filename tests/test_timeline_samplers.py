@@ -1,5 +1,5 @@
 """The noise-level timeline and its samplers (Euler, Euler-ancestral, Heun, DPM-Solver++ on
-Karras sigmas, UniPC) cross-checked against diffusers' schedulers, for eps, x0 and v models.
+Karras sigmas and its SDE form, UniPC) cross-checked against diffusers' schedulers, for eps, x0 and v models.
 
 Same model (`ToyModel`: a fixed deterministic function of (x, t), the scheduler maths is what is
 tested), same starting noise, same step noise; whole 10-step chains agree to 1e-5. diffusers'
@@ -179,6 +179,8 @@ def test_bad_settings_name_their_own_arguments() -> None:
         UniPC(order=4)
     with pytest.raises(UserError, match="^eta=-0.5 must be a number >= 0"):
         EulerAncestral(eta=-0.5)
+    with pytest.raises(UserError, match="^eta='1' must be a number >= 0"):
+        DPMSolver(eta="1")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="^s_churn=-1 must be a number >= 0"):
         Heun(s_churn=-1)
     with pytest.raises(UserError, match="^s_tmin=5 must be <= s_tmax=1"):
@@ -391,6 +393,72 @@ def test_dpm_solver_karras_chain_matches_diffusers(
     expected = multistep_chain(ref, 10, make_timeline(diffusion, 10, "karras").t)
     got = ours(DPMSolver(steps=10, sigmas="karras"), diffusion)
     assert (got - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize(
+    ("schedule", "sigmas", "clip"), [("cosine", "trailing", True), ("linear", "karras", False)]
+)
+def test_dpm_solver_sde_chain_matches_diffusers(
+    prediction: str, schedule: str, sigmas: str, clip: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eta = 1: diffusers' `sde-dpmsolver++`, the same step noise (it draws one more, unused, at
+    the last step, where the noise level is 0)."""
+    from diffusers.schedulers import scheduling_dpmsolver_multistep as module
+
+    diffusion = GaussianDiffusion(T, schedule, prediction_type=prediction, clip_x0=clip)
+    ref = reference(
+        diffusers.DPMSolverMultistepScheduler,
+        diffusion,
+        prediction,
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        use_karras_sigmas=sigmas == "karras",
+        timestep_spacing="trailing" if sigmas == "trailing" else "linspace",
+        thresholding=clip,
+        sample_max_value=1.0,
+    )
+    gen = torch.Generator().manual_seed(7)
+    monkeypatch.setattr(  # diffusers' step noise drawn as ours: float32, from our generator
+        module, "randn_tensor", lambda shape, **_: torch.randn(shape, generator=gen)
+    )
+    expected = multistep_chain(ref, 10, make_timeline(diffusion, 10, sigmas).t)  # type: ignore[arg-type]
+    got = ours(DPMSolver(steps=10, sigmas=sigmas, eta=1.0), diffusion)  # type: ignore[arg-type]
+    assert (got - expected).abs().max() < 1e-5
+    assert (got - ours(DPMSolver(steps=10, sigmas=sigmas), diffusion)).abs().max() > 1e-2  # type: ignore[arg-type]
+
+
+def test_dpm_solver_eta_against_k_diffusions_formula() -> None:
+    """0 < eta < 1 (diffusers has only 1): k-diffusion's `sample_dpmpp_2m_sde` (midpoint), in
+    float64."""
+    diffusion = GaussianDiffusion(T, "cosine", clip_x0=True)
+    eta, steps = 0.5, 6
+    tl = make_timeline(diffusion, steps, "trailing")
+    model, gen = ToyModel(), torch.Generator().manual_seed(7)
+    x = start_noise().double() * math.sqrt(1 + tl.sigmas[0] ** 2)
+    old = h_last = None
+    for i in range(steps):
+        s, s_next = tl.sigmas[i], tl.sigmas[i + 1]
+        x_t = x / math.sqrt(1 + s**2)
+        eps = model(x_t, torch.full((SHAPE[0],), int(tl.t[i]))).double()
+        denoised = ((x_t - s / math.sqrt(1 + s**2) * eps) * math.sqrt(1 + s**2)).clamp(-1, 1)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = -math.log(s_next) + math.log(s)
+            eta_h = eta * h
+            x = s_next / s * math.exp(-eta_h) * x + -math.expm1(-h - eta_h) * denoised
+            if old is not None:
+                x = x + 0.5 * -math.expm1(-h - eta_h) * (h / h_last) * (denoised - old)
+            noise = torch.randn(SHAPE, generator=gen).double()
+            x = x + noise * s_next * math.sqrt(-math.expm1(-2 * eta_h))
+            h_last = h
+        old = denoised
+    got = ours(DPMSolver(steps=steps, eta=eta), diffusion)
+    assert (got.double() - x.clamp(-1, 1)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

@@ -1,7 +1,7 @@
 """Samplers of the reverse process, one class per file, built from `configs/sampler/*.yaml`.
 
-Model calls per image (`Sampler.num_model_calls`): DDPM T; DDIM, DPM-Solver++, UniPC, Euler and
-Euler-ancestral `steps`; Heun `2 steps - 1`.
+Model calls per image (`Sampler.num_model_calls`): DDPM T; DDIM, DPM-Solver++ (and its SDE form),
+UniPC, Euler and Euler-ancestral `steps`; Heun `2 steps - 1`.
 """
 
 from ddpm_unet.models.samplers.base import (
@@ -15,7 +15,7 @@ from ddpm_unet.models.samplers.base import (
 )
 from ddpm_unet.models.samplers.ddim import DDIM
 from ddpm_unet.models.samplers.ddpm import DDPM
-from ddpm_unet.models.samplers.dpm_solver import DPMSolver
+from ddpm_unet.models.samplers.dpm_solver import DPMSolver, DPMSolverSDE
 from ddpm_unet.models.samplers.euler import Euler, EulerAncestral
 from ddpm_unet.models.samplers.heun import Heun
 from ddpm_unet.models.samplers.timeline import TimelineSampler, make_timeline, sigma_to_t
@@ -26,6 +26,7 @@ __all__ = [
     "DDPM",
     "Chain",
     "DPMSolver",
+    "DPMSolverSDE",
     "Euler",
     "EulerAncestral",
     "Heun",
