@@ -428,7 +428,14 @@ def test_hydra_builds_each_sampler_config() -> None:
     assert built["heun"] == Heun()
     assert built["unipc"] == UniPC()
     assert set(built) == {
-        "ddpm", "ddim", "dpm_solver", "dpm_solver_sde", "euler", "euler_ancestral", "heun", "unipc"
+        "ddpm",
+        "ddim",
+        "dpm_solver",
+        "dpm_solver_sde",
+        "euler",
+        "euler_ancestral",
+        "heun",
+        "unipc",
     }
 
 

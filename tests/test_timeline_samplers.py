@@ -1,5 +1,6 @@
 """The noise-level timeline and its samplers (Euler, Euler-ancestral, Heun, DPM-Solver++ on
-Karras sigmas and its SDE form, UniPC) cross-checked against diffusers' schedulers, for eps, x0 and v models.
+Karras sigmas and its SDE form, UniPC) cross-checked against diffusers' schedulers, for eps, x0
+and v models.
 
 Same model (`ToyModel`: a fixed deterministic function of (x, t), the scheduler maths is what is
 tested), same starting noise, same step noise; whole 10-step chains agree to 1e-5. diffusers'

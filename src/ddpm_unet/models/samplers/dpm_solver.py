@@ -28,8 +28,8 @@ class DPMSolver(TimelineSampler):
 
     * first order (the first step, and the last, which lands on the predicted `x0`):
       `x~_{i+1} = sigma_{i+1} / sigma_i exp(-eta h) x~_i + (1 - g) x0_i`;
-    * second order (the others), with the previous prediction and `r = h_{i-1} / h`:
-      `x~_{i+1} = sigma_{i+1} / sigma_i exp(-eta h) x~_i + (1 - g) ((1 + 1 / 2r) x0_i - x0_{i-1} / 2r)`;
+    * second order (the others), with the previous prediction and `r = h_{i-1} / h`: the same
+      with `x0_i` replaced by `(1 + 1 / 2r) x0_i - x0_{i-1} / 2r`;
     * then, with `eta > 0`, fresh noise `sigma_{i+1} sqrt(1 - exp(-2 eta h)) z` (none at the last).
 
     `eta = 0` is the ODE solver (DPM-Solver++(2M)); `eta = 1` the SDE solver, diffusers'
