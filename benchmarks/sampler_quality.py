@@ -60,7 +60,8 @@ FAMILIES = {
     "euler_karras": lambda n: Euler(steps=n, sigmas="karras"),
     "euler_ancestral": lambda n: EulerAncestral(steps=n),
     "euler_ancestral_karras": lambda n: EulerAncestral(steps=n, sigmas="karras"),
-    "heun": lambda n: Heun(steps=(n + 1) // 2),  # 2 steps - 1 calls <= n
+    "heun": lambda n: Heun(steps=(n + 1) // 2),  # 2 steps - 1 calls <= n; sigmas=leading
+    "heun_trailing": lambda n: Heun(steps=(n + 1) // 2, sigmas="trailing"),
     "heun_karras": lambda n: Heun(steps=(n + 1) // 2, sigmas="karras"),
 }
 CALLS = (5, 8, 10, 15, 20, 50)
@@ -80,19 +81,29 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+
+    def base_of(family: str) -> str:
+        return family.removesuffix("_karras").removesuffix("_trailing")
+
+    bases = list(dict.fromkeys(map(base_of, FAMILIES)))
     for family in FAMILIES:
+        base = base_of(family)
         points = sorted(
             (r["model_calls"], r["quality_vs_ddpm"])
             for r in rows
             if r["label"].partition(":")[0] == family and r["quality_vs_ddpm"] is not None
         )
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=family)
+            # one colour per sampler; its non-default spacings dashed (karras) or dotted
+            ls = {"_karras": "--", "_trailing": ":"}.get(family.removeprefix(base), "-")
+            style = {"ls": ls, "color": f"C{bases.index(base)}"}
+            ax.plot(*zip(*points, strict=True), marker="o", label=family, **style)
     ax.axhline(1.0, color="k", lw=1, label="DDPM, 1000 calls")
     ax.axhline(0.95, color="k", lw=1, ls=":", label="0.95 of DDPM")
     ax.set_xscale("log")
     ax.set_xticks(CALLS, [str(c) for c in CALLS])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("model calls per image")
     ax.set_ylabel("confident share / DDPM-1000's")
     ax.set_title("Sample quality vs model calls (digits, default run)")

@@ -403,16 +403,19 @@ RULES = [
     Rule(
         r"^python eval\.py -m \S+ guidance_scale=1,2,4$",
         EVAL_SHORT,
-        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}),  # euler_ancestral: 20 steps
+        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}),  # dpm_solver_sde: 20 steps
     ),
     Rule(
         r"^python sample\.py \S+ sampler=unipc sampler\.steps=8$",
         check=check_sample_nfe("unipc", 8),
     ),
     Rule(
-        r"^python eval\.py -m \S+ sampler=euler,heun,unipc,dpm_solver sampler\.steps=8$",
+        r"^python eval\.py -m \S+ sampler=euler,heun,unipc,dpm_solver,dpm_solver_sde "
+        r"sampler\.steps=8$",
         EVAL_SHORT,
-        check_eval_sweep("sampler", {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8}),
+        check_eval_sweep(
+            "sampler", {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8, "dpm_solver_sde": 8}
+        ),
     ),
     Rule(r"^python train\.py trainer=gpu ", compose_only=True, check=check_compose),
     Rule(r"^python train\.py ckpt_path=\S+$", [*TRAIN_SHORT, "trainer.max_epochs=2"], check_resume),

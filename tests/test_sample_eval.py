@@ -120,7 +120,7 @@ def test_sample_py_writes_npz_grid_and_pngs_and_is_reproducible(
         )
     )
     assert dpm["sampler"] == "dpm_solver" and dpm["steps"] == 5
-    assert dpm["sampler_settings"] == {"steps": 5, "sigmas": "trailing", "rho": 7.0}
+    assert dpm["sampler_settings"] == {"steps": 5, "sigmas": "trailing", "rho": 7.0, "eta": 0.0}
     assert np.load(dpm["samples"])["images"].shape == (2, 8, 8, 1)
 
 

@@ -29,7 +29,9 @@ class Heun(TimelineSampler):
 
     name: ClassVar[str] = "heun"
     steps: int = 10
-    sigmas: SigmaSpacing = "trailing"
+    # Not `trailing`: from sigma_{T-1} (cosine: ~2e4) the correction multiplies the difference of
+    # two slopes by ~sigma_{T-1}, and the samples are noise (benchmarks/results/sampler_quality.md).
+    sigmas: SigmaSpacing = "leading"
     rho: float = 7.0
     s_churn: float = 0.0
     s_tmin: float = 0.0
