@@ -178,13 +178,12 @@ class FIDCallback(L.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         fid, kid, nfe = self.evaluate(trainer, pl_module)
-        # Every rank holds the same all-gathered value; sync_dist averages identical numbers, and
-        # keeps Lightning from warning about unsynced epoch-level logging under DDP.
-        pl_module.log("val/fid", fid, on_step=False, on_epoch=True, sync_dist=True)
-        if nfe is not None:
-            pl_module.log("val/fid_nfe", float(nfe), on_step=False, on_epoch=True, sync_dist=True)
-        if kid is not None:
-            pl_module.log("val/kid", kid, on_step=False, on_epoch=True, sync_dist=True)
+        nfe = None if nfe is None else float(nfe)
+        for name, value in (("val/fid", fid), ("val/fid_nfe", nfe), ("val/kid", kid)):
+            # Every rank holds the same all-gathered value; sync_dist averages identical numbers,
+            # and keeps Lightning from warning about unsynced epoch-level logging under DDP.
+            if value is not None:
+                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
 
     @torch.no_grad()
     def _add(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelSummary
@@ -13,13 +12,13 @@ log = logging.getLogger(__name__)
 
 
 class _Parts(L.LightningModule):
-    """The submodules of `module` not named in `excluded` (shared, not copied), as one module
-    for Lightning's `summarize`."""
+    """The submodules of `module` but its EMA copy (shared, not copied), as one module for
+    Lightning's `summarize`."""
 
-    def __init__(self, module: L.LightningModule, excluded: Sequence[str]) -> None:
+    def __init__(self, module: L.LightningModule) -> None:
         super().__init__()
         for name, child in module.named_children():
-            if name not in excluded:
+            if name != "ema":
                 self.add_module(name, child)
 
 
@@ -31,13 +30,13 @@ class NetworkSummary(ModelSummary):
     A `ModelSummary`, so Lightning adds no summary of its own (`trainer.enable_model_summary`).
     """
 
-    def __init__(self, max_depth: int = 1, exclude: Sequence[str] = ("ema",)) -> None:
+    def __init__(self, max_depth: int = 1) -> None:
         super().__init__(max_depth=max_depth)
-        self.depth, self.exclude = max_depth, tuple(exclude)
+        self.depth = max_depth
 
     def table(self, pl_module: L.LightningModule) -> str:
-        """The summary of `pl_module` without the excluded parts."""
-        return str(summarize(_Parts(pl_module, self.exclude), max_depth=self.depth))
+        """The summary of `pl_module` without its EMA copy."""
+        return str(summarize(_Parts(pl_module), max_depth=self.depth))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.depth and trainer.is_global_zero:

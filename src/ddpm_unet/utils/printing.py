@@ -9,14 +9,14 @@ from omegaconf import DictConfig, OmegaConf
 
 
 @rank_zero_only
-def print_config(cfg: DictConfig, save_to_output_dir: bool = True) -> None:
+def print_config(cfg: DictConfig) -> None:
     """Print the config as YAML (interpolations resolved where they can be)."""
     try:
         text = OmegaConf.to_yaml(cfg, resolve=True)
     except Exception:  # an interpolation that only resolves later (e.g. in a job): show it raw
         text = OmegaConf.to_yaml(cfg)
     print(text)
-    if save_to_output_dir and "paths" in cfg:
+    if "paths" in cfg:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config_tree.log").write_text(text)
