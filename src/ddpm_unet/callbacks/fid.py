@@ -31,14 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ddpm_unet.callbacks.sample_grid import check_positive_int
 from ddpm_unet.generation.core import sample_model
 from ddpm_unet.generation.guidance import ModelCalls, check_guidance_scale, resolve_labels
 from ddpm_unet.metrics.fidelity import FEATURE_EXTRACTOR, to_rgb, to_uint8
 from ddpm_unet.metrics.inception import resolve_inception_weights, verified_weights_copy
 from ddpm_unet.metrics.reference_stats import select_indices
 from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.errors import UserError, check_whole_numbers
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class FIDCallback(L.Callback):
         guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int(every_n_epochs=every_n_epochs, batch_size=batch_size)
+        check_whole_numbers(every_n_epochs=every_n_epochs, batch_size=batch_size)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
             raise UserError(f"num_samples={num_samples!r} must be >= 2 (a covariance needs two).")
         if feature not in FEATURE_DIMS:

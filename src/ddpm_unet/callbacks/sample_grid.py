@@ -14,15 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from ddpm_unet.generation.core import sample_model
 from ddpm_unet.generation.guidance import check_guidance_scale
 from ddpm_unet.models.samplers import DDIM, Sampler, sampler_or_default
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.errors import check_whole_numbers
 from ddpm_unet.utils.images import grid_to_uint8, images_to_grid, save_png
-
-
-def check_positive_int(**values: object) -> None:
-    """`name=value` pairs that must be whole numbers >= 1 (a callback's own arguments)."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"{name}={value!r} must be a whole number >= 1.")
 
 
 class SampleGrid(L.Callback):
@@ -48,7 +41,7 @@ class SampleGrid(L.Callback):
         guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int(every_n_epochs=every_n_epochs, num_samples=num_samples)
+        check_whole_numbers(every_n_epochs=every_n_epochs, num_samples=num_samples)
         if guidance_scale is not None:  # whether the model is conditional is known at fit
             check_guidance_scale(guidance_scale, num_classes=1)
         self.output_dir = Path(output_dir)

@@ -26,7 +26,7 @@ from ddpm_unet.data.datasets import (
     random_split_indices,
 )
 from ddpm_unet.data.folder import ImageFolderDataset, list_folder_images
-from ddpm_unet.utils.errors import UserError
+from ddpm_unet.utils.errors import UserError, check_whole_numbers
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +129,10 @@ class ImageDataModule(L.LightningDataModule):
                 "with_labels=True, but dataset='celeba' has no classes: train it unconditionally "
                 "(with_labels=False), or use a dataset with labels (a folder of class sub-folders)."
             )
-        whole = dict(
-            image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed
-        )
+        check_whole_numbers(image_size=image_size, batch_size=batch_size)
+        check_whole_numbers(0, num_workers=num_workers, seed=seed)
         if max_bad_files is not None:
-            whole["max_bad_files"] = max_bad_files
-        for name, value in whole.items():
-            low = 1 if name in ("image_size", "batch_size") else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UserError(f"{name}={value!r} must be a whole number >= {low}.")
+            check_whole_numbers(0, max_bad_files=max_bad_files)
         if image_channels not in (1, 3) or isinstance(image_channels, bool):
             raise UserError(f"image_channels={image_channels!r} must be 1 (grey) or 3 (RGB).")
         if (

@@ -16,3 +16,10 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A config value (or combination) that cannot work; the message names the key and the fix."""
+
+
+def check_whole_numbers(minimum: int = 1, **values: object) -> None:
+    """`name=value` arguments that must be whole numbers >= `minimum` (`True` is not 1)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UserError(f"{name}={value!r} must be a whole number >= {minimum}.")
