@@ -49,8 +49,8 @@ def last_grid(job_dir: Path) -> Path | None:
     final = job_dir / "samples" / "final.png"
     if final.is_file():
         return final
-    grids = sorted(job_dir.glob("samples/*.png"), key=lambda p: (p.stat().st_mtime, p.name))
-    return grids[-1] if grids else None
+    grids = job_dir.glob("samples/*.png")
+    return max(grids, key=lambda p: (p.stat().st_mtime, p.name), default=None)
 
 
 def job_row(job_dir: Path) -> dict[str, Any]:

@@ -169,11 +169,8 @@ def cache_files(cache_root: str | os.PathLike[str], cache_name: str) -> dict[str
 
 def read_cache_entry(path: str | os.PathLike[str]) -> CacheItem:
     """One cache entry as torch-fidelity holds it in memory (a tensor or the FID statistics
-    dict), read from its `.npz` file with `np.load(allow_pickle=False)`.
-
-    Raises:
-        ValueError, OSError, EOFError, zipfile.BadZipFile: not such a file (see `_cache_problem`).
-    """
+    dict), read from its `.npz` file with `np.load(allow_pickle=False)`; `ValueError`, `OSError`,
+    `EOFError` or `zipfile.BadZipFile` for another file (`_cache_problem` says which)."""
     loaded = np.load(path, allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise ValueError(f"a single array {loaded.shape}, not an .npz archive")
