@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ddpm_unet.generation.shards import write_npz
 from ddpm_unet.metrics.fidelity import UInt8Images, fidelity_metrics
@@ -29,7 +29,7 @@ from ddpm_unet.metrics.reference_stats import (
 )
 from ddpm_unet.sample import generate_or_stop, load_model, prepare_generation
 from ddpm_unet.utils.checkpoint import read_lit_checkpoint
-from ddpm_unet.utils.config_checks import check_eval_config
+from ddpm_unet.utils.config_checks import check_eval_config, run_config_of
 from ddpm_unet.utils.distributed import isolated_distributed_job
 from ddpm_unet.utils.errors import UserError
 from ddpm_unet.utils.instantiate import instantiate_loggers
@@ -42,9 +42,7 @@ def log_to_loggers(cfg: DictConfig, metrics: dict[str, float], step: int) -> Non
     loggers = instantiate_loggers(cfg.get("logger"))  # absent with `logger: null`
     if not loggers:
         return
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
-    config.pop("hydra", None)
+    config = run_config_of(cfg)  # resolved, without Hydra's settings
     for logger in loggers:
         logger.log_hyperparams(config)
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
