@@ -56,11 +56,40 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def as_previous_release(source: Path, dest: Path) -> Path:
+    """`source` as the previous release wrote it: its run_config names the schedule
+    `lr_schedules.warmup_cosine` (a function, `_partial_: true`), and the scheduler state holds
+    the multiplier object's settings, the run length included."""
+    state = _state(source)
+    scheduler = state["run_config"]["model"]["scheduler"]
+    scheduler["_target_"] = "ddpm_unet.models.lr_schedules.warmup_cosine"
+    scheduler["_partial_"] = True
+    state["lr_schedulers"][0]["lr_lambdas"] = [{"warmup": 2, "total": 6, "min_ratio": 0.0}]
+    torch.save(state, dest)
+    return dest
+
+
+def test_a_checkpoint_of_the_previous_release_samples_as_its_weights_do(
+    finished: Path, tmp_path: Path
+) -> None:
+    from ddpm_unet.models.samplers import DDIM
+    from ddpm_unet.sample import load_model
+
+    ckpt = finished / "checkpoints" / "last.ckpt"
+    old = as_previous_release(ckpt, tmp_path / "old.ckpt")
+    sampler = DDIM(steps=3)
+    images = load_model(old).sample_images(4, sampler, seed=0)
+    assert torch.equal(images, load_model(ckpt).sample_images(4, sampler, seed=0))
+
+
 def test_a_finished_run_resumed_longer_learns(finished: Path, tmp_path: Path) -> None:
+    """From a checkpoint as the previous release wrote it (this release's own format is resumed
+    longer in the ddp_sim case below)."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    first = run / "checkpoints" / "first.ckpt"
-    first.write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
+    first = as_previous_release(
+        finished / "checkpoints" / "last.ckpt", run / "checkpoints" / "first.ckpt"
+    )
     before = _state(first)
     assert before["lr_schedulers"][0]["_last_lr"][0] == 0.0  # the finished schedule
     fit(compose_train([*SHORT, "trainer.max_epochs=4", f"ckpt_path={first}"], run))
@@ -118,34 +147,6 @@ def test_init_from_another_architecture_names_the_first_tensor(
     with pytest.raises(ConfigError, match=rf"init_from={ckpt} holds another network.*net\.\S+ is"):
         fit(cfg)
     assert not list(tmp_path.iterdir())  # nothing written
-
-
-def test_a_checkpoint_from_before_warmup_cosine_loads_samples_and_resumes(
-    finished: Path, tmp_path: Path
-) -> None:
-    """Checkpoints of the previous release name the schedule `lr_schedules.warmup_cosine` (a
-    function, `_partial_: true`) and saved the multiplier object's settings in the scheduler
-    state: they sample as the same weights do, and resume (lr > 0 for the added steps)."""
-    from ddpm_unet.models.samplers import DDIM
-    from ddpm_unet.sample import load_model
-
-    state = _state(finished / "checkpoints" / "last.ckpt")
-    scheduler = state["run_config"]["model"]["scheduler"]
-    scheduler["_target_"] = "ddpm_unet.models.lr_schedules.warmup_cosine"
-    scheduler["_partial_"] = True
-    state["lr_schedulers"][0]["lr_lambdas"] = [{"warmup": 2, "total": 6, "min_ratio": 0.0}]
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    old = run / "checkpoints" / "old.ckpt"
-    torch.save(state, old)
-    sampler = DDIM(steps=3)
-    images = load_model(old).sample_images(4, sampler, seed=0)
-    expected = load_model(finished / "checkpoints" / "last.ckpt").sample_images(4, sampler, seed=0)
-    assert torch.equal(images, expected)
-    fit(compose_train([*SHORT, "trainer.max_epochs=3", f"ckpt_path={old}"], run))
-    assert _state(run / "checkpoints" / "last.ckpt")["global_step"] == 9
-    lrs = [float(r["lr"]) for r in _rows(run) if r.get("lr")]
-    assert len(lrs) == 3 and all(lr > 0 for lr in lrs), lrs
 
 
 def _train_cli(args: list[str], log_dir: Path) -> subprocess.CompletedProcess[str]:
