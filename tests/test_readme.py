@@ -337,14 +337,15 @@ def check_sample_nfe(sampler: str, nfe: int) -> Callable[[Ran], None]:
     return check
 
 
-def check_eval_sweep(key: str, values: dict) -> Callable[[Ran], None]:
+def check_eval_sweep(key: str, values: dict, steps: int) -> Callable[[Ran], None]:
     """One job per value, each with its metrics.json: `values` maps the swept value to the model
-    calls per image it must have counted."""
+    calls per image it must have counted; every job ran `steps` steps."""
 
     def check(ran: Ran) -> None:
         jobs = sorted(newest("eval/multiruns/*/", _logs(ran)).glob("*/metrics.json"))
         metrics = [json.loads(p.read_text()) for p in jobs]
         assert {m[key]: m["nfe"] for m in metrics} == values, metrics
+        assert {m["steps"] for m in metrics} == {steps}, metrics
         assert all(np.isfinite(m["fid"]) for m in metrics)
 
     return check
@@ -403,7 +404,7 @@ RULES = [
     Rule(
         r"^python eval\.py -m \S+ guidance_scale=1,2,4$",
         EVAL_SHORT,
-        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}),  # dpm_solver_sde: 20 steps
+        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}, steps=20),  # dpm_solver_sde
     ),
     Rule(
         r"^python sample\.py \S+ sampler=unipc sampler\.steps=8$",
@@ -414,7 +415,9 @@ RULES = [
         r"sampler\.steps=8$",
         EVAL_SHORT,
         check_eval_sweep(
-            "sampler", {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8, "dpm_solver_sde": 8}
+            "sampler",
+            {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8, "dpm_solver_sde": 8},
+            steps=8,
         ),
     ),
     Rule(r"^python train\.py trainer=gpu ", compose_only=True, check=check_compose),

@@ -150,8 +150,9 @@ def generate(
     conditional = module.labels is not None
     return images, {
         "sampler": module.sampler.name,
-        "steps": module.sampler.num_model_calls(module.diffusion.num_timesteps),
-        # Counted (rank 0's images; None when every image came from an earlier run's shards).
+        # Denoising steps (DDPM: all T). Model calls can differ (Heun: 2 steps - 1): `nfe`,
+        # counted (rank 0's images; None when every image came from an earlier run's shards).
+        "steps": getattr(module.sampler, "steps", module.diffusion.num_timesteps),
         "nfe": module.calls.nfe,
         "guidance_scale": module.guidance_scale,
         "labels": module.labels.tolist() if conditional else None,
