@@ -30,18 +30,23 @@ HELP_OVERRIDES = {
 
 @pytest.fixture(scope="module")
 def help_text() -> dict[str, str]:
-    """What `python <script>.py <override> --help` prints, for each script (run once each)."""
-    texts = {}
-    for script, overrides in HELP_OVERRIDES.items():
-        proc = subprocess.run(
+    """What `python <script>.py <override> --help` prints, for each script (run once each, the
+    three side by side: most of each is Python's start-up)."""
+    procs = {
+        script: subprocess.Popen(
             [sys.executable, f"{script}.py", *overrides, "--help"],
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
         )
-        assert proc.returncode == 0, proc.stderr
-        texts[script] = proc.stdout
+        for script, overrides in HELP_OVERRIDES.items()
+    }
+    texts = {}
+    for script, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        texts[script] = out
     return texts
 
 

@@ -72,11 +72,12 @@ FID_SHORT = [  # Inception runs at 299x299 px: a few images each
 ]
 SAMPLE_SHORT = ["sampler.steps=5"]  # the tiny model has T=50; DDIM takes 5 of them
 EVAL_SHORT = [  # DDPM runs all T=50 steps of the tiny model
-    "num_samples=20",
-    "num_reference=20",
-    "kid_subset_size=10",
+    "num_samples=10",
+    "num_reference=10",
+    "kid_subset_size=5",
     "isc_splits=2",
     "save_cpu_ram=true",
+    "feature_layer_fid=64",  # the same code path; 2048's matrix square root costs ~2 s a job
 ]
 # An architecture sweep keeps its own ch_mults/attention; everything else is shrunk.
 ARCH_SHORT = [
@@ -337,15 +338,18 @@ def check_sample_nfe(sampler: str, nfe: int) -> Callable[[Ran], None]:
     return check
 
 
-def check_eval_sweep(key: str, values: dict, steps: int) -> Callable[[Ran], None]:
+def check_eval_sweep(
+    key: str, values: dict, steps: int, sampler: str | None = None
+) -> Callable[[Ran], None]:
     """One job per value, each with its metrics.json: `values` maps the swept value to the model
-    calls per image it must have counted; every job ran `steps` steps."""
+    calls per image it must have counted; every job ran `steps` steps (of `sampler`, if given)."""
 
     def check(ran: Ran) -> None:
         jobs = sorted(newest("eval/multiruns/*/", _logs(ran)).glob("*/metrics.json"))
         metrics = [json.loads(p.read_text()) for p in jobs]
         assert {m[key]: m["nfe"] for m in metrics} == values, metrics
         assert {m["steps"] for m in metrics} == {steps}, metrics
+        assert sampler is None or {m["sampler"] for m in metrics} == {sampler}, metrics
         assert all(np.isfinite(m["fid"]) for m in metrics)
 
     return check
@@ -404,19 +408,18 @@ RULES = [
     Rule(
         r"^python eval\.py -m \S+ guidance_scale=1,2,4$",
         EVAL_SHORT,
-        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}, steps=20),  # dpm_solver_sde
+        check_eval_sweep("guidance_scale", {1: 20, 2: 20, 4: 20}, 20, "dpm_solver_sde"),
     ),
     Rule(
         r"^python sample\.py \S+ sampler=unipc sampler\.steps=8$",
         check=check_sample_nfe("unipc", 8),
     ),
     Rule(
-        r"^python eval\.py -m \S+ sampler=euler,heun,unipc,dpm_solver,dpm_solver_sde "
-        r"sampler\.steps=8$",
+        r"^python eval\.py -m \S+ sampler=euler,heun,unipc,dpm_solver sampler\.steps=8$",
         EVAL_SHORT,
         check_eval_sweep(
             "sampler",
-            {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8, "dpm_solver_sde": 8},
+            {"euler": 8, "heun": 15, "unipc": 8, "dpm_solver": 8},
             steps=8,
         ),
     ),
