@@ -7,9 +7,7 @@ and a run started from a checkpoint begins at that checkpoint's loss, not a fres
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from ddpm_unet.train import fit
 from ddpm_unet.utils.config_checks import ConfigError, check_train_config
-from tests.conftest import ROOT, TINY_OVERRIDES, compose_train
+from tests.conftest import TINY_OVERRIDES, compose_train, run_train_cli
 
 # 2 epochs x 3 batches, the lr decaying on a cosine to 0 at the last step (the default recipe's)
 SHORT = [
@@ -150,23 +148,9 @@ def test_init_from_another_architecture_names_the_first_tensor(
 
 
 def _train_cli(args: list[str], log_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    """`python train.py` of the short run on two DDP processes (`trainer=ddp_sim`)."""
     overrides = [o for o in SHORT if not o.startswith(("trainer.accelerator", "trainer.devices"))]
-    return subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *overrides,
-            "trainer=ddp_sim",
-            *args,
-            f"paths.log_dir={log_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    return run_train_cli([*overrides, "trainer=ddp_sim", *args], log_dir, timeout=600)
 
 
 def test_ddp_sim_extends_a_finished_run_and_starts_from_one(finished: Path, tmp_path: Path) -> None:

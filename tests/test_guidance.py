@@ -9,7 +9,6 @@ and scale checks, and the commands' refusals for an unconditional checkpoint.
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 
 import numpy as np
@@ -393,20 +392,14 @@ def test_training_grid_of_a_conditional_run_has_one_row_per_class(tmp_path: Path
 def test_conditional_checkpoint_round_trip_under_ddp_sim(tmp_path: Path) -> None:
     """A conditional run on two DDP processes (`trainer=ddp_sim`) writes one checkpoint with its
     classes, which samples with labels and guidance like a one-process run's."""
-    import subprocess
-    import sys
-
-    from tests.conftest import CLI_TINY, ROOT
+    from tests.conftest import CLI_TINY, run_train_cli
 
     args = [o for o in CLI_TINY if not o.startswith("trainer.accelerator")]
-    done = subprocess.run(
-        [sys.executable, "train.py", *args, "trainer=ddp_sim", "model.net.num_classes=10"]
-        + ["callbacks.sample_grid=null", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = run_train_cli(
+        [*args, "trainer=ddp_sim", "model.net.num_classes=10", "callbacks.sample_grid=null"]
+        + [f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path / "logs",
         timeout=600,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
